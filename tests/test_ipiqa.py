@@ -1,0 +1,210 @@
+"""Tests of the IP-IQA foundation that a notebook cell should not carry: bad inputs, resume, determinism, learning."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+os.environ.setdefault('TQDM_DISABLE', '1')
+
+from ipiqa.data import (DatasetError, group_splits, load_dataset, make_toy_agiqa, read_agiqa1k, read_agiqa3k,
+                        split_indices)
+from ipiqa.metrics import iqa_metrics
+from ipiqa.model import batch_prompts, build_ipiqa, load_clip
+from ipiqa.training import Trainer, TrainConfig, cross_validate, mos_loss, train_split, IQAData
+
+
+@pytest.fixture(scope='module')
+def toy_dir(tmp_path_factory):
+    return make_toy_agiqa(tmp_path_factory.mktemp('toy'), n_prompts=12, images_per_prompt=4)
+
+
+@pytest.fixture(scope='module')
+def toy(toy_dir):
+    return read_agiqa3k(toy_dir)
+
+
+def small_cfg(**kw):
+    return TrainConfig(**{**dict(image_size=64, epochs=2, n_splits=2, batch_size=8, num_workers=1), **kw})
+
+
+# ---------------------------------------------------------------- model
+
+@pytest.mark.parametrize('n_out', [1, 2])
+@pytest.mark.parametrize('use_prompt', [True, False])
+def test_output_shapes(n_out, use_prompt):
+    m = build_ipiqa('RN50-tiny', n_outputs=n_out, image_size=96, use_prompt=use_prompt)
+    tokens, index = batch_prompts(m.tokenize(['a red circle', 'a blue square, sketch']), torch.tensor([1, 0, 1]))
+    assert m(torch.randint(0, 256, (3, 3, 96, 96), dtype=torch.uint8), tokens, index).shape == (3, n_out)
+
+
+def test_text_side_trains_exactly_the_qa_vector():
+    torch.manual_seed(0)
+    m = build_ipiqa('RN50-tiny', n_outputs=2, image_size=64)
+    width = m.text.transformer.width
+    text_trainable = {n: p.numel() for n, p in m.named_parameters() if p.requires_grad and n.startswith('text.')}
+    assert text_trainable == {'text.qa': width}
+    frozen = {n: p.detach().clone() for n, p in m.text.named_parameters() if n != 'qa'}
+    qa0, head0 = m.text.qa.detach().clone(), m.head.weight.detach().clone()
+    tokens, index = batch_prompts(m.tokenize(['a red circle', 'a blue square']), torch.tensor([0, 1, 1, 0]))
+    batch = dict(images=torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8), tokens=tokens, prompt_index=index,
+                 targets=torch.rand(4, 2) * 5)
+    Trainer(m, mos_loss, lr=1e-2).step(batch)
+    for n, p in m.text.named_parameters():
+        if n != 'qa': assert torch.equal(p, frozen[n]), f'frozen text weight {n} changed'
+    assert not torch.equal(m.text.qa, qa0) and not torch.equal(m.head.weight, head0)
+
+
+def test_truncated_text_matches_77_tokens():
+    clip, tok = load_clip('RN50-tiny')
+    m = build_ipiqa('RN50-tiny', image_size=64, qa_token=False)
+    m.text.load_state_dict({k: v for k, v in clip.state_dict().items()
+                            if k in m.text.state_dict()}, strict=False)
+    prompts = ['a girl', 'a very detailed oil painting of a lighthouse at dawn, trending', 'cat']
+    table = tok(prompts)
+    tokens, index = batch_prompts(table, torch.arange(3))
+    assert tokens.shape[1] < 77
+    torch.testing.assert_close(m.text.encode(tokens)[index], clip.encode_text(table), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- splits and metrics
+
+def test_group_splits_disjoint_80_20(toy):
+    sp = group_splits(toy.table, n_splits=5, train_frac=0.8, seed=3)
+    n_groups = toy.table.group.nunique()
+    tests = []
+    for i in range(5):
+        g = {p: set(toy.table.group.iloc[split_indices(sp, toy.table, i, p)]) for p in ('train', 'test')}
+        assert not g['train'] & g['test']
+        assert len(g['train']) + len(g['test']) == n_groups
+        assert len(g['test']) == n_groups - round(0.8 * n_groups)
+        tests.append(frozenset(g['test']))
+    assert len(set(tests)) > 1, 'splits must differ'
+
+
+def test_metrics_match_scipy():
+    rng = np.random.default_rng(1)
+    mos = rng.uniform(0, 5, 300)
+    pred = np.tanh(mos - 2.5) + rng.normal(0, 0.3, 300)
+    m = iqa_metrics(pred, mos)
+    assert m['srcc'] == pytest.approx(stats.spearmanr(pred, mos).statistic)
+    assert m['plcc'] == pytest.approx(stats.pearsonr(pred, mos).statistic)
+    assert m['krcc'] == pytest.approx(stats.kendalltau(pred, mos).statistic)
+    assert m['rmse'] == pytest.approx(np.sqrt(np.mean((pred - mos) ** 2)))
+    assert m['plcc_logistic'] > m['plcc']  # a sigmoid-shaped relation: the logistic fit must straighten it
+
+
+# ---------------------------------------------------------------- bad input
+
+def _copy_toy(toy_dir, dst, n=8):
+    dst.mkdir()
+    (dst/'images').mkdir()
+    raw = pd.read_csv(toy_dir/'data.csv').head(n)
+    for name in raw.name: (dst/'images'/name).write_bytes((toy_dir/'images'/name).read_bytes())
+    return raw
+
+
+@pytest.mark.parametrize('case, expected', [
+    ('missing_image', 'image file(s) not found'),
+    ('missing_column', "missing column(s) ['mos_align']"),
+    ('non_numeric', "column 'mos_quality' must be a number in every row (2 in all; first: row 3='good', row 5='n/a')"),
+    ('missing_mos', "column 'mos_align' must be a number in every row (1 in all; first: row 4=<empty>)"),
+    ('empty', 'the dataset has no rows'),
+])
+def test_agiqa3k_bad_input(toy_dir, tmp_path, case, expected):
+    raw = _copy_toy(toy_dir, tmp_path/'d')
+    if case == 'missing_image': [(tmp_path/'d'/'images'/n).unlink() for n in raw.name[:3]]
+    if case == 'missing_column': raw = raw.drop(columns='mos_align')
+    if case == 'non_numeric': raw['mos_quality'] = raw['mos_quality'].astype(object); raw.loc[[1, 3], 'mos_quality'] = ['good', 'n/a']
+    if case == 'missing_mos': raw.loc[2, 'mos_align'] = np.nan
+    if case == 'empty': raw = raw.head(0)
+    raw.to_csv(tmp_path/'d'/'data.csv', index=False)
+    with pytest.raises(DatasetError) as e: load_dataset('agiqa3k', tmp_path/'d')
+    assert expected in str(e.value) and 'data.csv' in str(e.value)
+    if case == 'missing_image': assert '3 in all' in str(e.value) and raw.name[0] in str(e.value)
+
+
+def test_unreadable_image_fails_before_training(toy_dir, tmp_path):
+    raw = _copy_toy(toy_dir, tmp_path/'d', n=12)
+    raw.to_csv(tmp_path/'d'/'data.csv', index=False)
+    (tmp_path/'d'/'images'/raw.name[2]).write_bytes(b'\x89PNG truncated')
+    ds = load_dataset('agiqa3k', tmp_path/'d')
+    with pytest.raises(DatasetError, match=r'unreadable image file\(s\) \(1 in all; first: .*' + raw.name[2]):
+        cross_validate(small_cfg(), ds, tmp_path/'run')
+    assert not list((tmp_path/'run').glob('split[0-9]*')), 'nothing may have trained'
+
+
+def test_unknown_dataset():
+    with pytest.raises(DatasetError, match="unknown dataset 'agiqa4k'; expected one of"): load_dataset('agiqa4k', '.')
+
+
+def test_agiqa1k_reader_and_errors(toy_dir, tmp_path):
+    raw = _copy_toy(toy_dir, tmp_path/'d', n=6)
+    prompts = ['bird, driving aircraft, city, anime style', 'bird, driving aircraft, forest, oil painting',
+               'cat, playing guitar, beach, photo', 'cat, playing guitar, city, sketch', 'dog, reading book, room, photo',
+               'Bird , Driving aircraft, desert, photo']
+    xl = pd.DataFrame(dict(Image=raw.name, Prompt=prompts, MOS=np.linspace(1, 5, 6)))
+    xl.to_excel(tmp_path/'d'/'AIGC_MOS_Zscore.xlsx', index=False)
+    ds = load_dataset('agiqa1k', tmp_path/'d')
+    assert ds.targets == ['mos'] and ds.table.group.nunique() == 3
+    xl.drop(columns='MOS').to_excel(tmp_path/'d'/'AIGC_MOS_Zscore.xlsx', index=False)
+    with pytest.raises(DatasetError, match=r"AIGC_MOS_Zscore.xlsx: missing column\(s\) \['MOS'\]"): read_agiqa1k(tmp_path/'d')
+
+
+# ---------------------------------------------------------------- resume and determinism
+
+def test_resume_skips_finished_splits_and_epochs(toy, tmp_path):
+    cfg = small_cfg(n_splits=2, epochs=3).resolved()
+    calls = {'n': 0}
+
+    def counting_loss(model, batch):
+        calls['n'] += 1
+        if calls.get('fail_at') == calls['n']: raise KeyboardInterrupt
+        return mos_loss(model, batch)
+
+    data = IQAData(toy, cfg.image_size, build_ipiqa('RN50-tiny', image_size=64).tokenize, num_workers=1)
+    steps_per_epoch = len(data.loader(split_indices(group_splits(toy.table, 2, 0.8, 0), toy.table, 0, 'train'), cfg.batch_size))
+    calls['fail_at'] = steps_per_epoch * 2 + 1            # interrupt split 0 in its third epoch
+    with pytest.raises(KeyboardInterrupt): cross_validate(cfg, toy, tmp_path, data=data, loss_fn=counting_loss)
+    assert (tmp_path/'split0'/'state.pt').is_file() and not (tmp_path/'split0'/'metrics.csv').exists()
+    calls.update(n=0, fail_at=None)
+    res = cross_validate(cfg, toy, tmp_path, data=data, loss_fn=counting_loss)
+    assert calls['n'] == steps_per_epoch * 1 + steps_per_epoch * 3  # split 0: only its last epoch; split 1: all three
+    assert len(pd.read_csv(tmp_path/'split0'/'history.csv')) == 3 and not (tmp_path/'split0'/'state.pt').exists()
+    calls['n'] = 0
+    again = cross_validate(cfg, toy, tmp_path, data=data, loss_fn=counting_loss)
+    assert calls['n'] == 0
+    pd.testing.assert_frame_equal(again.metrics, res.metrics)
+
+
+def test_same_seed_same_metrics(toy, tmp_path):
+    a = cross_validate(small_cfg(n_splits=1), toy, tmp_path/'a').metrics
+    b = cross_validate(small_cfg(n_splits=1), toy, tmp_path/'b').metrics
+    c = cross_validate(small_cfg(n_splits=1, seed=1), toy, tmp_path/'c').metrics
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a.srcc, c.srcc)
+
+
+def test_selection_is_labelled(toy, tmp_path):
+    for select in ('val', 'best_on_test'):
+        res = cross_validate(small_cfg(n_splits=1, select=select), toy, tmp_path/select)
+        assert set(res.metrics.selection) == {select} and set(res.summary.selection) == {select}
+        assert res.metrics.epoch.between(1, 2).all()
+        assert 'best_on_test' not in open(tmp_path/'val'/'summary.csv').read() if select == 'val' else True
+
+
+# ---------------------------------------------------------------- learning
+
+def test_prompt_model_learns_alignment_image_only_cannot(tmp_path):
+    """On the toy set alignment depends on (image, prompt) together: only the prompt-reading model can rank it."""
+    ds = load_dataset('toy', tmp_path/'toy')
+    cfg = dict(n_splits=2, epochs=15, num_workers=2)
+    with_prompt = cross_validate(TrainConfig(**cfg), ds, tmp_path/'prompt').summary
+    image_only = cross_validate(TrainConfig(use_prompt=False, **cfg), ds, tmp_path/'image').summary
+    srcc = lambda s, t: s.query("metric == 'srcc' and target == @t")['mean'].item()
+    assert srcc(with_prompt, 'mos_align') > srcc(image_only, 'mos_align') + 0.2, (with_prompt, image_only)
+    assert abs(srcc(image_only, 'mos_align')) < 0.3
+    assert srcc(image_only, 'mos_quality') > 0.3 and srcc(with_prompt, 'mos_quality') > 0.2
