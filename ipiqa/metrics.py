@@ -12,10 +12,10 @@ from scipy import optimize, stats
 # %% auto #0
 __all__ = ['METRICS', 'logistic4', 'fit_logistic4', 'iqa_metrics', 'summarize', 'summary_table']
 
-# %% ../nbs/01b_metrics.ipynb #d8608967
+# %% ../nbs/01b_metrics.ipynb #69f56c6e
 def logistic4(x, b1, b2, b3, b4):
     "The 4-parameter logistic: from `b2` (low) to `b1` (high), centred at `b3`, scale `b4`."
-    return (b1 - b2) / (1 + np.exp(-(x - b3) / np.abs(b4))) + b2
+    with np.errstate(over='ignore'): return (b1 - b2) / (1 + np.exp(-(x - b3) / np.abs(b4))) + b2  # exp → inf is the right limit
 
 def fit_logistic4(pred, mos):
     "Map `pred` onto the MOS scale with a fitted `logistic4`; falls back to `pred` if the fit fails."
