@@ -12,7 +12,7 @@ from scipy import optimize, stats
 # %% auto #0
 __all__ = ['METRICS', 'logistic4', 'fit_logistic4', 'iqa_metrics', 'summarize', 'summary_table']
 
-# %% ../nbs/01b_metrics.ipynb #69f56c6e
+# %% ../nbs/01b_metrics.ipynb #bf353045
 def logistic4(x, b1, b2, b3, b4):
     "The 4-parameter logistic: from `b2` (low) to `b1` (high), centred at `b3`, scale `b4`."
     with np.errstate(over='ignore'): return (b1 - b2) / (1 + np.exp(-(x - b3) / np.abs(b4))) + b2  # exp → inf is the right limit
@@ -26,7 +26,7 @@ def fit_logistic4(pred, mos):
             warnings.simplefilter('ignore')
             params, _ = optimize.curve_fit(logistic4, z, mos, p0=[mos.max(), mos.min(), 0.0, 1.0], maxfev=20000)
         return logistic4(z, *params)
-    except (RuntimeError, optimize.OptimizeWarning, ValueError): return pred
+    except (RuntimeError, optimize.OptimizeWarning, ValueError, TypeError): return pred  # TypeError: fewer than 4 points
 
 # %% ../nbs/01b_metrics.ipynb #62922db7
 METRICS = ('srcc', 'plcc', 'plcc_logistic', 'krcc', 'rmse')
