@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 __all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'TOY_COLORS', 'TOY_SHAPES', 'TOY_ADJS', 'TOY_STYLES', 'TOY_ALIGN',
            'TOY_DEGRADATIONS', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns', 'require_numeric',
            'require_images', 'finish_set', 'read_agiqa3k', 'agiqa1k_group', 'read_agiqa1k', 'draw_toy_image', 'degrade',
-           'make_toy_agiqa', 'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'project_root', 'ensure_toy',
-           'load_dataset', 'group_splits', 'split_indices', 'load_images', 'dataset_images']
+           'make_toy_agiqa', 'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'project_root', 'at_root',
+           'run_folder', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices', 'load_images', 'dataset_images']
 
 # %% ../nbs/00_data.ipynb #10a0e1a6
 @dataclass
@@ -189,7 +189,7 @@ def atomic_write(path, write_fn):
 def atomic_write_csv(df, path): return atomic_write(path, lambda t: df.to_csv(t, index=False))
 def atomic_write_json(obj, path): return atomic_write(path, lambda t: Path(t).write_text(json.dumps(obj, indent=2, default=str)))
 
-# %% ../nbs/00_data.ipynb #cbe32c9f
+# %% ../nbs/00_data.ipynb #2fa57ce1
 def project_root(start=None):
     "The ipiqa checkout containing `start` (default: the working directory), or the working directory if none does."
     start = Path(start or Path.cwd()).resolve()
@@ -197,6 +197,15 @@ def project_root(start=None):
         f = d/'pyproject.toml'
         if f.is_file() and 'name = "ipiqa"' in f.read_text(): return d
     return start
+
+def at_root(path):
+    "`path` as given if absolute, else under the project root; `None` stays `None`."
+    return None if path is None else Path(path) if Path(path).is_absolute() else project_root()/path
+
+def run_folder(out_dir, default):
+    "An experiment's run folder: `out_dir` (default `outputs/<default>`) at the root; a fresh temporary one under nbdev-test."
+    if os.environ.get('IN_TEST'): return Path(tempfile.mkdtemp(prefix=str(default).replace('/', '-') + '-'))
+    return at_root(out_dir or Path('outputs')/default)
 
 # %% ../nbs/00_data.ipynb #15881025
 DATASETS = ('toy', 'agiqa1k', 'agiqa3k')

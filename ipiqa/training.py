@@ -26,7 +26,7 @@ __all__ = ['PRESETS', 'SELECT', 'RESUME_KEYS', 'TrainConfig', 'resolve_device', 
            'mean_srcc', 'train_split', 'ipiqa_model', 'check_resumable', 'CVResult', 'cross_validate',
            'plot_predictions']
 
-# %% ../nbs/01c_training.ipynb #a2c0bca3
+# %% ../nbs/01c_training.ipynb #4b7eaca9
 PRESETS = dict(
     toy=dict(arch='RN50-tiny', pretrained='random', image_size=128, epochs=12, batch_size=16, lr=1e-3, n_splits=2),
     agiqa1k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10),
@@ -50,7 +50,8 @@ class TrainConfig:
         if not 0 < self.train_frac < 1: raise ValueError(f"train_frac must be in (0, 1), not {self.train_frac}")
         if self.select == 'val' and not 0 < self.val_frac < 1: raise ValueError(f"select='val' needs 0 < val_frac < 1, not {self.val_frac}")
         fill = {k: v for k, v in PRESETS[self.dataset].items() if getattr(self, k) is None}
-        return dataclasses.replace(self, **fill)
+        paths = {k: str(getattr(self, k)) for k in ('data_dir', 'image_dir', 'pretrained', 'image_encoder_ckpt') if isinstance(getattr(self, k), Path)}
+        return dataclasses.replace(self, **fill, **paths)
 
 # %% ../nbs/01c_training.ipynb #60093acf
 def resolve_device(device='auto'):
