@@ -62,6 +62,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ipiqa.data._show': ('data.html#_show', 'ipiqa/data.py'),
                             'ipiqa.data._toy_content': ('data.html#_toy_content', 'ipiqa/data.py'),
                             'ipiqa.data._toy_prompts': ('data.html#_toy_prompts', 'ipiqa/data.py'),
+                            'ipiqa.data._umask': ('data.html#_umask', 'ipiqa/data.py'),
                             'ipiqa.data.agiqa1k_group': ('data.html#agiqa1k_group', 'ipiqa/data.py'),
                             'ipiqa.data.at_root': ('data.html#at_root', 'ipiqa/data.py'),
                             'ipiqa.data.atomic_write': ('data.html#atomic_write', 'ipiqa/data.py'),

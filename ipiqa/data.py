@@ -176,12 +176,18 @@ def make_toy_agiqa(out_dir, n_prompts=48, images_per_prompt=6, size=128, seed=0)
     atomic_write_csv(pd.DataFrame(rows), out_dir/'data.csv')
     return out_dir
 
-# %% ../nbs/00_data.ipynb #3bd7c122
+# %% ../nbs/00_data.ipynb #c7a45dc8
+def _umask():
+    m = os.umask(0); os.umask(m); return m
+
 def atomic_write(path, write_fn):
     "Call `write_fn(tmp_path)` and move the result to `path` in one rename."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix); os.close(fd)
-    try: write_fn(tmp); os.replace(tmp, path)
+    try:
+        write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's private 0600 would otherwise stick to the result
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
     return path
