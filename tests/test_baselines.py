@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ipiqa.attention import attention_maps, load_checkpoint, word_influence
-from ipiqa.baselines import (RESULT_COLUMNS, ZERO_SHOT, append_results, check_results, clipiqa, clipscore,
+from ipiqa.baselines import (RESULT_COLUMNS, append_results, check_results, clipiqa, clipscore,
                              compare_with_paper, load_paper_results, read_results, resnet_method, resnet_model,
                              results_from_cv, split_results, zero_shot_scores)
 from ipiqa.data import dataset_images, group_splits, make_toy_agiqa, read_agiqa3k, split_indices
@@ -107,7 +107,7 @@ def test_resnet50_baseline_trains_through_cross_validate(tmp_path, toy):
 
 
 def test_attention_maps_are_distributions(tmp_path, toy):
-    cv = cross_validate(TrainConfig(epochs=1, n_splits=1, image_size=128, batch_size=8, num_workers=1), toy, tmp_path/'ipiqa')
+    cross_validate(TrainConfig(epochs=1, n_splits=1, image_size=128, batch_size=8, num_workers=1), toy, tmp_path/'ipiqa')
     model, cfg = load_checkpoint(tmp_path/'ipiqa'/'split0'/'model.pt')
     imgs, prompts = dataset_images(toy, 128)[:5], toy.table['prompt'][:5].tolist()
     att = attention_maps(model, imgs, prompts)

@@ -13,7 +13,7 @@ os.environ.setdefault('TQDM_DISABLE', '1')
 torch.set_num_threads(1)  # 2 shared cores: more OpenMP threads than free cores makes these tiny models crawl
 
 import ipiqa.image2prompt as i2p
-from ipiqa.image2prompt import (Pairs, cosine_loss, encode_prompts, filter_pairs, list_parts, load_pairs, make_toy_diffusiondb,
+from ipiqa.image2prompt import (cosine_loss, encode_prompts, filter_pairs, list_parts, load_pairs, make_toy_diffusiondb,
                                 pair_cosines, pair_dataset, plan_parts, pretrain, read_part, score_part)
 from ipiqa.model import ImageTower, build_ipiqa, load_clip, load_image_tower
 from ipiqa.training import Trainer, seed_everything
@@ -211,7 +211,7 @@ def run_cli(nproc, source, out):
 
 def test_torchrun_two_processes_same_kept_set_as_one(toy, tmp_path):
     out2 = run_cli(2, toy, tmp_path/'two')
-    out1 = run_cli(1, toy, tmp_path/'one')
+    run_cli(1, toy, tmp_path/'one')
     assert f"image-tower checkpoint: {tmp_path/'two'/'pretrain'/'image_tower.pt'}" in out2 and out2.count('image-tower checkpoint') == 1
     one, two = load_pairs(tmp_path/'one'/'pairs'), load_pairs(tmp_path/'two'/'pairs')
     key = lambda p: set(zip(p.kept.part, p.kept.member))

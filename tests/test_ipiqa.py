@@ -1,6 +1,5 @@
 """Tests of the IP-IQA foundation that a notebook cell should not carry: bad inputs, resume, determinism, learning."""
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ from ipiqa.data import (DatasetError, group_splits, load_dataset, make_toy_agiqa
                         split_indices)
 from ipiqa.metrics import iqa_metrics
 from ipiqa.model import batch_prompts, build_ipiqa, load_clip
-from ipiqa.training import Trainer, TrainConfig, cross_validate, mos_loss, train_split, IQAData
+from ipiqa.training import Trainer, TrainConfig, cross_validate, mos_loss, IQAData
 
 
 @pytest.fixture(scope='module')
