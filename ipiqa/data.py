@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 __all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'TOY_COLORS', 'TOY_SHAPES', 'TOY_ADJS', 'TOY_STYLES', 'TOY_ALIGN',
            'TOY_DEGRADATIONS', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns', 'require_numeric',
            'require_images', 'finish_set', 'read_agiqa3k', 'agiqa1k_group', 'read_agiqa1k', 'draw_toy_image', 'degrade',
-           'make_toy_agiqa', 'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'project_root', 'at_root',
-           'run_folder', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices', 'load_images', 'dataset_images']
+           'make_toy_agiqa', 'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'check_run_config',
+           'project_root', 'at_root', 'run_folder', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices',
+           'load_images', 'dataset_images']
 
 # %% ../nbs/00_data.ipynb #10a0e1a6
 @dataclass
@@ -194,6 +195,17 @@ def atomic_write(path, write_fn):
 
 def atomic_write_csv(df, path): return atomic_write(path, lambda t: df.to_csv(t, index=False))
 def atomic_write_json(obj, path): return atomic_write(path, lambda t: Path(t).write_text(json.dumps(obj, indent=2, default=str)))
+
+# %% ../nbs/00_data.ipynb #e91655cf
+def check_run_config(cfg, path, keys=None):
+    "Fail if the config file `path` differs from dict `cfg` in `keys` (default: all of them); else write `cfg` there."
+    path = Path(path)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [f"{k}: {old.get(k)!r} there, {cfg.get(k)!r} now" for k in (keys or cfg) if old.get(k) != cfg.get(k)]
+        if diff: raise ValueError(f"{path.parent} holds a run with another configuration ({'; '.join(diff)}); "
+                                  f"choose a new out_dir, or delete that folder to discard it")
+    if int(os.environ.get('RANK', 0)) == 0: atomic_write_json(cfg, path)  # under torchrun, rank 0 writes
 
 # %% ../nbs/00_data.ipynb #abc4ac8c
 def project_root(start=None):

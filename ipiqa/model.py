@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 # %% auto #0
-__all__ = ['MODEL_CONFIGS', 'load_clip', 'interpolate_pos_embed', 'AttentionPool', 'ImageTower', 'save_image_tower',
-           'load_image_tower', 'PromptEncoder', 'batch_prompts', 'CrossModalAttentionPool', 'make_head', 'IPIQA',
-           'build_ipiqa']
+__all__ = ['MODEL_CONFIGS', 'load_clip', 'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower',
+           'save_image_tower', 'load_image_tower', 'PromptEncoder', 'batch_prompts', 'CrossModalAttentionPool',
+           'make_head', 'IPIQA', 'build_ipiqa']
 
 # %% ../nbs/01_model.ipynb #6c807f5a
 MODEL_CONFIGS = Path(importlib.util.find_spec('ipiqa').origin).parent/'model_configs'
@@ -79,7 +79,13 @@ class AttentionPool(nn.Module):
         elif init != 'random': raise ValueError(f"init must be 'clip' or 'random', not {init!r}")
         return new
 
-# %% ../nbs/01_model.ipynb #e0101e3f
+# %% ../nbs/01_model.ipynb #16eb4174
+def clip_normalize(images):
+    "uint8 (0–255) or float (0–1) NCHW images → CLIP's normalised float input."
+    x = images.float() / 255 if images.dtype == torch.uint8 else images
+    mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) for v in (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD))
+    return (x - mean) / std
+
 class ImageTower(nn.Module):
     "CLIP's ResNet trunk and its attention pool at `image_size`; normalises raw images itself."
     def __init__(self, visual, image_size):
@@ -87,13 +93,10 @@ class ImageTower(nn.Module):
         if not hasattr(visual, 'attnpool'): raise TypeError(f"IP-IQA needs a CLIP ResNet image tower, not {type(visual).__name__}")
         self.image_size, pool, visual.attnpool = image_size, visual.attnpool, nn.Identity()
         self.trunk, self.attnpool = visual, AttentionPool.from_clip(pool, image_size // 32)
-        self.register_buffer('mean', torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
 
     def features(self, images):
         "`Embed_v`: the trunk's feature map of `images` (uint8 0–255 or float 0–1, NCHW)."
-        x = images.float() / 255 if images.dtype == torch.uint8 else images
-        return self.trunk((x - self.mean) / self.std)
+        return self.trunk(clip_normalize(images))
 
     def forward(self, images): return self.attnpool(self.features(images))
 
