@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_model.ipynb #444d5234
 from __future__ import annotations
-import importlib.util, math, warnings
+import importlib.util, math, warnings, zipfile
 from pathlib import Path
 
 import open_clip
@@ -14,9 +14,33 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 # %% auto #0
-__all__ = ['MODEL_CONFIGS', 'load_clip', 'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower',
-           'save_image_tower', 'load_image_tower', 'PromptEncoder', 'batch_prompts', 'CrossModalAttentionPool',
-           'make_head', 'IPIQA', 'build_ipiqa']
+__all__ = ['OPENAI_EXTRA_KEYS', 'MODEL_CONFIGS', 'is_torchscript', 'openai_state_dict', 'pretrained_weights', 'load_clip',
+           'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower', 'save_image_tower',
+           'load_image_tower', 'PromptEncoder', 'batch_prompts', 'CrossModalAttentionPool', 'make_head', 'IPIQA',
+           'build_ipiqa']
+
+# %% ../nbs/01_model.ipynb #92fd95dc
+OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')  # in OpenAI's state dicts, not in open_clip's
+
+def is_torchscript(path):
+    "Is the file `path` a TorchScript archive (as OpenAI's `RN50.pt` is)?"
+    if not zipfile.is_zipfile(path): return False
+    with zipfile.ZipFile(path) as z: return any(n.endswith('/constants.pkl') for n in z.namelist())
+
+def openai_state_dict(path):
+    "The state dict in file `path` with OpenAI's extra entries dropped, if it is in OpenAI's format; else None."
+    sd = torch.load(path, map_location='cpu', weights_only=False, mmap=zipfile.is_zipfile(path))
+    sd = sd.get('state_dict', sd) if isinstance(sd, dict) else {}
+    if not any(k in sd for k in OPENAI_EXTRA_KEYS): return None
+    return {k: v for k, v in sd.items() if k not in OPENAI_EXTRA_KEYS}
+
+def pretrained_weights(arch, pretrained):
+    "How to load `pretrained` (tag, file or None): (trained with QuickGELU?, an OpenAI state dict to load ourselves or None)."
+    if pretrained is None: return False, None
+    if pretrained in open_clip.list_pretrained_tags_by_model(arch): return bool(open_clip.get_pretrained_cfg(arch, pretrained).get('quick_gelu')), None
+    if is_torchscript(pretrained): return True, None
+    sd = openai_state_dict(pretrained)
+    return sd is not None, sd
 
 # %% ../nbs/01_model.ipynb #6c807f5a
 MODEL_CONFIGS = Path(importlib.util.find_spec('ipiqa').origin).parent/'model_configs'
@@ -29,9 +53,12 @@ def load_clip(arch='RN50', pretrained=None, device='cpu'):
     elif not Path(pretrained).is_file() and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
         raise FileNotFoundError(f"pretrained={pretrained!r} is neither a file nor an open_clip tag for {arch} "
                                 f"(tags: {open_clip.list_pretrained_tags_by_model(arch)})")
+    quick_gelu, openai_sd = pretrained_weights(arch, pretrained)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*TorchScript archive.*')
-        model = open_clip.create_model(arch, pretrained=pretrained, device=device, weights_only=False)
+        model = open_clip.create_model(arch, pretrained=None if openai_sd is not None else pretrained, device=device,
+                                       weights_only=False, force_quick_gelu=quick_gelu)
+    if openai_sd is not None: model.load_state_dict(openai_sd)
     return model.eval(), open_clip.get_tokenizer(arch)
 
 # %% ../nbs/01_model.ipynb #ef22b98d

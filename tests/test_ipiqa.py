@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from open_clip.transformer import QuickGELU
 from scipy import stats
 
 os.environ.setdefault('TQDM_DISABLE', '1')
@@ -68,6 +69,24 @@ def test_truncated_text_matches_77_tokens():
     assert tokens.shape[1] < 77
     torch.testing.assert_close(m.text.encode(tokens)[index], clip.encode_text(table), rtol=1e-4, atol=1e-5)
 
+
+
+def _save_openai_archive(clip, path):
+    "Script `clip` as OpenAI did (the causal mask an attribute, `input_resolution` a buffer) and save it."
+    clip.attn_mask = clip._buffers.pop('attn_mask')
+    clip.register_buffer('input_resolution', torch.tensor(clip.visual.image_size))
+    torch.jit.save(torch.jit.script(clip), path)
+
+
+def test_openai_weights_get_quick_gelu_random_init_keeps_gelu(tmp_path):
+    act = lambda clip: type(clip.transformer.resblocks[0].mlp.gelu)
+    src, _ = load_clip('RN50-tiny')
+    assert act(src) is torch.nn.GELU
+    torch.save(src.state_dict(), tmp_path/'ours.pt')
+    assert act(load_clip('RN50-tiny', tmp_path/'ours.pt')[0]) is torch.nn.GELU
+    _save_openai_archive(src, tmp_path/'openai.pt')
+    assert act(load_clip('RN50-tiny', tmp_path/'openai.pt')[0]) is QuickGELU
+    assert act(build_ipiqa('RN50-tiny', tmp_path/'openai.pt', image_size=64).text) is QuickGELU  # what IP-IQA trains with
 
 # ---------------------------------------------------------------- splits and metrics
 
