@@ -75,6 +75,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ipiqa.data.ensure_toy': ('data.html#ensure_toy', 'ipiqa/data.py'),
                             'ipiqa.data.finish_set': ('data.html#finish_set', 'ipiqa/data.py'),
                             'ipiqa.data.group_splits': ('data.html#group_splits', 'ipiqa/data.py'),
+                            'ipiqa.data.has_work': ('data.html#has_work', 'ipiqa/data.py'),
                             'ipiqa.data.load_dataset': ('data.html#load_dataset', 'ipiqa/data.py'),
                             'ipiqa.data.load_images': ('data.html#load_images', 'ipiqa/data.py'),
                             'ipiqa.data.make_toy_agiqa': ('data.html#make_toy_agiqa', 'ipiqa/data.py'),

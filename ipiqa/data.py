@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 __all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'TOY_COLORS', 'TOY_SHAPES', 'TOY_ADJS', 'TOY_STYLES', 'TOY_ALIGN',
            'TOY_DEGRADATIONS', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns', 'require_numeric',
            'require_images', 'finish_set', 'read_agiqa3k', 'agiqa1k_group', 'read_agiqa1k', 'draw_toy_image', 'degrade',
-           'make_toy_agiqa', 'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'check_run_config',
+           'make_toy_agiqa', 'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'has_work', 'check_run_config',
            'project_root', 'at_root', 'run_folder', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices',
            'load_images', 'dataset_images']
 
@@ -197,13 +197,18 @@ def atomic_write_csv(df, path): return atomic_write(path, lambda t: df.to_csv(t,
 def atomic_write_json(obj, path): return atomic_write(path, lambda t: Path(t).write_text(json.dumps(obj, indent=2, default=str)))
 
 # %% ../nbs/00_data.ipynb #e91655cf
-def check_run_config(cfg, path, keys=None):
-    "Fail if the config file `path` differs from dict `cfg` in `keys` (default: all of them); else write `cfg` there."
+def has_work(folder, work=None):
+    "Does `folder` hold a file matching a glob pattern in `work` (default: any file besides `config.json`)?"
+    folder = Path(folder)
+    return any(f.is_file() and f != folder/'config.json' for p in (['**/*'] if work is None else work) for f in folder.glob(p))
+
+def check_run_config(cfg, path, keys=None, work=None):
+    "Fail if `path`'s folder holds `work` (see `has_work`) of a config differing from dict `cfg` in `keys` (default: all); else write `cfg` to `path`."
     path = Path(path)
-    if path.is_file():
+    if path.is_file() and has_work(path.parent, work):
         old = json.loads(path.read_text())
         diff = [f"{k}: {old.get(k)!r} there, {cfg.get(k)!r} now" for k in (keys or cfg) if old.get(k) != cfg.get(k)]
-        if diff: raise ValueError(f"{path.parent} holds a run with another configuration ({'; '.join(diff)}); "
+        if diff: raise ValueError(f"{path.parent} holds work of a run with another configuration ({'; '.join(diff)}); "
                                   f"choose a new out_dir, or delete that folder to discard it")
     if int(os.environ.get('RANK', 0)) == 0: atomic_write_json(cfg, path)  # under torchrun, rank 0 writes
 

@@ -326,7 +326,7 @@ def filter_pairs(source, out_dir, arch='RN50', pretrained='openai', threshold=PA
     "Score every (image, prompt) pair of `source` with the base CLIP and keep those ≥ `threshold`; resumable, sharded under torchrun."
     out_dir, (rank, world, device) = Path(out_dir), init_distributed(device)
     cfg = dict(source=str(Path(source).resolve()), arch=arch, pretrained=str(pretrained), max_pairs=max_pairs, part_size=part_size, seed=seed)
-    check_run_config(cfg, out_dir/'config.json')
+    check_run_config(cfg, out_dir/'config.json', work=['parts/*.pt', 'manifest.parquet'])  # scored parts are the work
     refs, meta = plan_parts(list_parts(source, part_size), max_pairs), metadata_file(source) if Path(source).is_dir() else None
     done = {r.name for r in refs if _part_file(out_dir, r).is_file()}
     barrier()  # every rank has looked before any writes
@@ -447,7 +447,8 @@ def pretrain(pairs: Pairs, out_dir, arch='RN50', pretrained='openai', image_size
     ds = pair_dataset(pairs, image_size)
     cfg = dict(pairs=str(Path(pairs.out_dir).resolve()), n_pairs=len(ds), arch=arch, pretrained=str(pretrained), image_size=image_size,
                batch_size=batch_size, lr=lr, seed=seed, epochs=epochs)
-    check_run_config(cfg, out_dir/'config.json', keys=[k for k in cfg if k != 'epochs'])  # more epochs: continue the run
+    check_run_config(cfg, out_dir/'config.json', keys=[k for k in cfg if k != 'epochs'],  # more epochs: continue the run
+                     work=['checkpoint.pt', 'image_tower.pt'])
     if (out_dir/'image_tower.pt').is_file() and (out_dir/'history.csv').is_file():  # finished: read back, load nothing
         history = pd.read_csv(out_dir/'history.csv')
         if len(history) and history['epoch'].max() >= epochs: return Pretrained(out_dir/'image_tower.pt', history, out_dir)

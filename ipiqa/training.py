@@ -216,7 +216,7 @@ class CVResult:
 def cross_validate(cfg: TrainConfig, ds: AGIQASet, out_dir, model_fn=ipiqa_model, splits=None, data=None, loss_fn=mos_loss):
     "Train and test `model_fn` on every split of `ds` (resuming what `out_dir` already holds); the gathered results."
     cfg, out_dir = cfg.resolved(), Path(out_dir)
-    check_run_config(asdict(cfg), out_dir/'config.json', RESUME_KEYS)
+    check_run_config(asdict(cfg), out_dir/'config.json', RESUME_KEYS, work=['split*/metrics.csv', 'split*/state.pt'])
     if splits is None:
         splits = group_splits(ds.table, cfg.n_splits, cfg.train_frac, cfg.seed, cfg.val_frac if cfg.select == 'val' else 0.0)
     atomic_write_csv(splits, out_dir/'splits.csv')

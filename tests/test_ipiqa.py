@@ -1,5 +1,5 @@
 """Tests of the IP-IQA foundation that a notebook cell should not carry: bad inputs, resume, determinism, learning."""
-import os
+import json, os
 
 import numpy as np
 import pandas as pd
@@ -197,6 +197,16 @@ def test_resume_skips_finished_splits_and_epochs(toy, tmp_path):
     assert calls['n'] == 0
     pd.testing.assert_frame_equal(again.metrics, res.metrics)
 
+
+def test_failed_run_does_not_lock_its_folder(toy, tmp_path):
+    with pytest.raises(FileNotFoundError, match='neither a file nor an open_clip tag'):
+        cross_validate(small_cfg(n_splits=1, epochs=1, pretrained=str(tmp_path/'no-such-weights.pt')), toy, tmp_path/'run')
+    assert (tmp_path/'run'/'config.json').is_file() and not list((tmp_path/'run').glob('split*/*'))
+    res = cross_validate(small_cfg(n_splits=1, epochs=1), toy, tmp_path/'run')       # corrected re-run, same out_dir
+    assert len(res.metrics) == len(toy.targets) and (tmp_path/'run'/'split0'/'metrics.csv').is_file()
+    assert json.loads((tmp_path/'run'/'config.json').read_text())['pretrained'] == small_cfg().resolved().pretrained  # the new config is recorded
+    with pytest.raises(ValueError, match='holds work of a run with another configuration .*epochs: 1 there, 2 now'):
+        cross_validate(small_cfg(n_splits=1, epochs=2), toy, tmp_path/'run')        # finished work stays protected
 
 def test_same_seed_same_metrics(toy, tmp_path):
     a = cross_validate(small_cfg(n_splits=1), toy, tmp_path/'a').metrics
