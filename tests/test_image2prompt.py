@@ -1,4 +1,4 @@
-"""Image2Prompt (PAPER.md §1.2): reading DiffusionDB's part archives, the CLIP filter, pre-training the image tower,
+"""Image2Prompt (IP-IQA paper, Qu et al. ICME 2024, §3.3): reading DiffusionDB's part archives, the CLIP filter, pre-training the image tower,
 resume, and a 2-process torchrun run of both steps."""
 import io, json, os, subprocess, sys, zipfile
 from pathlib import Path
