@@ -12,16 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'TOY_COLORS', 'TOY_SHAPES', 'TOY_ADJS', 'TOY_STYLES', 'TOY_ALIGN',
-           'TOY_DEGRADATIONS', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns', 'require_numeric',
-           'require_images', 'finish_set', 'read_agiqa3k', 'agiqa1k_group', 'read_agiqa1k', 'draw_toy_image', 'degrade',
-           'make_toy_agiqa', 'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'has_work', 'check_run_config',
-           'project_root', 'at_root', 'run_folder', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices',
-           'load_images', 'dataset_images']
+__all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns', 'require_numeric',
+           'require_images', 'finish_set', 'read_agiqa3k', 'agiqa1k_group', 'read_agiqa1k', 'atomic_write',
+           'atomic_write_csv', 'atomic_write_json', 'has_work', 'check_run_config', 'project_root', 'at_root',
+           'run_folder', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices', 'load_images', 'dataset_images']
 
 # %% ../nbs/00_data.ipynb #10a0e1a6
 @dataclass
@@ -108,74 +106,8 @@ def read_agiqa1k(data_dir, image_dir=None, name='agiqa1k'):
     table.insert(2, 'group', table['prompt'].map(agiqa1k_group))
     return finish_set(name, table, ['mos'], image_dir or Path(data_dir)/'images', file)
 
-# %% ../nbs/00_data.ipynb #1e810fc3
-TOY_COLORS = dict(red=(220, 30, 30), green=(30, 180, 40), blue=(40, 60, 230), yellow=(235, 215, 30))
-TOY_SHAPES = ['circle', 'square', 'triangle']
-TOY_ADJS = ['beautiful', 'simple', 'detailed', 'cute']
-TOY_STYLES = ['photo', 'oil painting', 'sketch', 'anime style']
-TOY_ALIGN = {(True, True): 4.5, (False, True): 2.5, (True, False): 2.0, (False, False): 0.7}  # (colour ok, shape ok)
-TOY_DEGRADATIONS = ['blur', 'noise', 'contrast', 'pixelate']
-
-# %% ../nbs/00_data.ipynb #2d422382
-def draw_toy_image(color, shape, degradation, strength, rng, size=128):
-    "A `shape` in `color` on a grey gradient, degraded by `degradation` at `strength` in [0, 1]."
-    g = np.linspace(rng.uniform(60, 120), rng.uniform(140, 200), size)
-    img = Image.fromarray(np.repeat(np.tile(g, (size, 1))[..., None], 3, -1).astype(np.uint8))
-    r = size * rng.uniform(0.18, 0.3); cx, cy = rng.uniform(r, size - r, 2)
-    box, fill = [cx - r, cy - r, cx + r, cy + r], tuple(int(v) for v in np.clip(np.array(TOY_COLORS[color]) + rng.integers(-15, 16, 3), 0, 255))
-    d = ImageDraw.Draw(img)
-    if shape == 'circle': d.ellipse(box, fill=fill)
-    elif shape == 'square': d.rectangle(box, fill=fill)
-    else: d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    return degrade(img, degradation, strength, rng)
-
-def degrade(img, kind, s, rng):
-    "Apply one visual degradation of strength `s` in [0, 1]."
-    if kind == 'blur': return img.filter(ImageFilter.GaussianBlur(4 * s))
-    a = np.asarray(img).astype(float)
-    if kind == 'noise': a = a + rng.normal(0, 70 * s, a.shape)
-    elif kind == 'contrast': a = a.mean() + (a - a.mean()) * (1 - 0.85 * s)
-    elif kind == 'pixelate':
-        n = max(1, int(round(1 + 11 * s))); w = img.size[0]
-        return img.resize((max(1, w // n),) * 2, Image.NEAREST).resize((w, w), Image.NEAREST)
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-
-# %% ../nbs/00_data.ipynb #0ac8a29b
-def _toy_prompts(n_prompts, rng):
-    "Distinct prompts, cycling through the colour × shape contents so that every content is equally common."
-    contents = [(c, s) for c in TOY_COLORS for s in TOY_SHAPES]
-    decor = [(a, st) for a in TOY_ADJS for st in TOY_STYLES]
-    assert n_prompts <= len(contents) * len(decor), f"at most {len(contents) * len(decor)} distinct toy prompts"
-    picks = {c: iter(rng.permutation(len(decor))) for c in contents}
-    return [contents[p % len(contents)] + decor[next(picks[contents[p % len(contents)]])] for p in range(n_prompts)]
-
-def _toy_content(color, shape, kind, rng):
-    "What a misaligned image of `kind` (colour ok?, shape ok?) shows instead of (`color`, `shape`)."
-    ok_c, ok_s = kind
-    c = color if ok_c else rng.choice([k for k in TOY_COLORS if k != color])
-    s = shape if ok_s else rng.choice([k for k in TOY_SHAPES if k != shape])
-    return str(c), str(s)
-
 # %% ../nbs/00_data.ipynb #123b87bb
-def make_toy_agiqa(out_dir, n_prompts=48, images_per_prompt=6, size=128, seed=0):
-    "Write a synthetic AGIQA set in the AGIQA-3k format (`data.csv`, `images/*.png`) to `out_dir`; return its path."
-    out_dir = Path(out_dir); (out_dir/'images').mkdir(parents=True, exist_ok=True)
-    rng, rows = np.random.default_rng(seed), []
-    kinds = [(True, True), (False, True), (True, False), (False, False)]
-    for p, (color, shape, adj, style) in enumerate(_toy_prompts(n_prompts, rng)):
-        prompt = f"a {adj} {color} {shape}, {style}"
-        for j in range(images_per_prompt):
-            kind = kinds[0] if j % 2 == 0 else kinds[1 + (j // 2) % 3]
-            c, s = _toy_content(color, shape, kind, rng)
-            deg, strength = str(rng.choice(TOY_DEGRADATIONS)), float(rng.uniform())
-            name = f"toy_{p:03d}_{j}.png"
-            draw_toy_image(c, s, deg, strength, rng, size).save(out_dir/'images'/name)
-            q = float(np.clip(5 - 4 * strength + rng.normal(0, 0.15), 0, 5))
-            a = float(np.clip(TOY_ALIGN[kind] + rng.normal(0, 0.2), 0, 5))
-            rows.append(dict(name=name, prompt=prompt, adj1=adj, adj2='', style=style, mos_quality=round(q, 4),
-                             std_quality=0.3, mos_align=round(a, 4), std_align=0.3, shows=f"{c} {s}", degradation=deg))
-    atomic_write_csv(pd.DataFrame(rows), out_dir/'data.csv')
-    return out_dir
+from .toyworld import make_toy_agiqa, agiqa_statistics, REAL_AGIQA3K_STATISTICS
 
 # %% ../nbs/00_data.ipynb #c7a45dc8
 def _umask():
@@ -238,7 +170,7 @@ DATASETS = ('toy', 'agiqa1k', 'agiqa3k')
 
 def ensure_toy(data_dir=None):
     "The toy set's folder, written there first if it is not there yet."
-    data_dir = Path(data_dir or project_root()/'data'/'toy')
+    data_dir = Path(data_dir or project_root()/'data'/'toy3k')
     if not (data_dir/'data.csv').is_file():
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=data_dir.parent, prefix=f'.{data_dir.name}-'))

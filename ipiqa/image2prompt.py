@@ -20,8 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .data import (TOY_ADJS, TOY_COLORS, TOY_DEGRADATIONS, TOY_SHAPES, TOY_STYLES, atomic_write,
-                        atomic_write_csv, atomic_write_json, check_run_config, draw_toy_image, require_columns)
+from .data import atomic_write, atomic_write_csv, atomic_write_json, check_run_config, require_columns
+from .toyworld import DEGRADATIONS, degrade, draw_scene, random_scene
 from .model import ImageTower, clip_normalize, load_clip, save_image_tower
 from .training import Trainer, autocast, resolve_device, seed_everything
 
@@ -37,7 +37,7 @@ __all__ = ['PAPER_THRESHOLD', 'PRETRAIN_PRESETS', 'IMAGE_EXTS', 'RECORD_KEYS', '
 # %% ../nbs/01d_image2prompt.ipynb #ea93767e
 PAPER_THRESHOLD = 0.35
 PRETRAIN_PRESETS = dict(
-    toy=dict(arch='RN50-tiny', pretrained='random', threshold='q0.25', image_size=64, epochs=4, batch_size=16, lr=1e-3, ckpt_every=10),
+    toy=dict(arch='RN50-tiny', pretrained='toy', threshold='q0.25', image_size=64, epochs=2, batch_size=32, lr=1e-4, ckpt_every=20),
     real=dict(arch='RN50', pretrained='openai', threshold=PAPER_THRESHOLD, image_size=512, epochs=1, batch_size=40, lr=1e-5, ckpt_every=500),
 )
 
@@ -162,13 +162,11 @@ class PairImages(torch.utils.data.Dataset):
 
 # %% ../nbs/01d_image2prompt.ipynb #d5a1c03d
 def _toy_pair(rng, mismatch, size):
-    "One toy (prompt, image, matched) triple."
-    color, shape = str(rng.choice(list(TOY_COLORS))), str(rng.choice(TOY_SHAPES))
-    prompt = f"a {rng.choice(TOY_ADJS)} {color} {shape}, {rng.choice(TOY_STYLES)}"
-    matched = bool(rng.uniform() >= mismatch)
-    c = color if matched else str(rng.choice([k for k in TOY_COLORS if k != color]))
-    s = shape if matched else str(rng.choice([k for k in TOY_SHAPES if k != shape]))
-    return prompt, draw_toy_image(c, s, str(rng.choice(TOY_DEGRADATIONS)), rng.uniform(0, 0.3), rng, size), matched
+    "One toy (prompt, image, matched) triple: a captioned scene, or with probability `mismatch` another scene's image."
+    scene, matched = random_scene(rng), bool(rng.uniform() >= mismatch)
+    img = draw_scene(scene if matched else random_scene(rng), size, rng)[0]
+    if rng.random() < 0.5: img = degrade(img, str(rng.choice(DEGRADATIONS)), rng.uniform(0, 0.4), rng)
+    return scene.caption(), img, matched
 
 def _png_bytes(img):
     b = io.BytesIO(); img.save(b, 'PNG'); return b.getvalue()
@@ -180,7 +178,7 @@ def _write_zip(path, files):
             for n, data in files.items(): zf.writestr(n, data)
     atomic_write(path, write)
 
-def make_toy_diffusiondb(out_dir, n_parts=3, per_part=100, size=64, mismatch=0.25, seed=0):
+def make_toy_diffusiondb(out_dir, n_parts=4, per_part=500, size=64, mismatch=0.25, seed=0):
     "Write a toy DiffusionDB in the real layout (`images/part-*.zip` + `metadata.parquet`, written last); return `out_dir`."
     out_dir, rng, rows = Path(out_dir), np.random.default_rng(seed), []
     for k in range(1, n_parts + 1):
@@ -496,14 +494,14 @@ def image2prompt(
     source: str = 'toy',  # 'toy', a folder of DiffusionDB part archives, or a manifest (.csv/.parquet with image_path, prompt)
     out_dir: str = 'outputs/image2prompt',  # run folder: pairs/ (filter) and pretrain/ (training) go under it
     arch: str = None,  # CLIP architecture (preset: RN50-tiny for toy, RN50 otherwise)
-    pretrained: str = None,  # open_clip tag, weight file or 'random' (preset: random for toy, openai otherwise)
+    pretrained: str = None,  # open_clip tag, weight file, 'toy' or 'random' (preset: toy for toy, openai otherwise)
     threshold: str = None,  # cosine cut-off, or 'q0.25' for a quantile (preset: 0.35; toy q0.25)
     max_pairs: int = None,  # score at most this many pairs (first in part order)
     image_size: int = None,  # pre-training image size, a multiple of 32 (preset: 512; toy 64)
-    epochs: int = None,  # pre-training epochs (preset: 1; toy 4)
-    batch_size: int = None,  # per-process batch size (preset: 40; toy 16)
-    lr: float = None,  # Adam learning rate (preset: 1e-5; toy 1e-3)
-    ckpt_every: int = None,  # checkpoint every this many steps (preset: 500; toy 10)
+    epochs: int = None,  # pre-training epochs (preset: 1; toy 2)
+    batch_size: int = None,  # per-process batch size (preset: 40; toy 32)
+    lr: float = None,  # Adam learning rate (preset: 1e-5; toy 1e-4)
+    ckpt_every: int = None,  # checkpoint every this many steps (preset: 500; toy 20)
     seed: int = 0,  # seed of the random init (random CLIP) and of the data order
     device: str = 'auto',  # 'auto', 'cpu', 'cuda'; under torchrun each rank takes cuda:LOCAL_RANK
     amp: bool = True,  # bf16 autocast on CUDA

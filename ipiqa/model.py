@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 # %% auto #0
-__all__ = ['OPENAI_EXTRA_KEYS', 'MODEL_CONFIGS', 'is_torchscript', 'openai_state_dict', 'pretrained_weights', 'load_clip',
-           'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower', 'save_image_tower',
-           'load_image_tower', 'PromptEncoder', 'batch_prompts', 'CrossModalAttentionPool', 'make_head', 'IPIQA',
-           'build_ipiqa']
+__all__ = ['OPENAI_EXTRA_KEYS', 'MODEL_CONFIGS', 'FUSIONS', 'is_torchscript', 'openai_state_dict', 'pretrained_weights',
+           'load_clip', 'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower', 'save_image_tower',
+           'load_image_tower', 'encode_text', 'PromptEncoder', 'batch_prompts', 'CrossModalAttentionPool', 'make_head',
+           'IPIQA', 'build_ipiqa']
 
 # %% ../nbs/01_model.ipynb #92fd95dc
 OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')  # in OpenAI's state dicts, not in open_clip's
@@ -46,13 +46,20 @@ def pretrained_weights(arch, pretrained):
 MODEL_CONFIGS = Path(importlib.util.find_spec('ipiqa').origin).parent/'model_configs'
 if MODEL_CONFIGS.is_dir() and 'RN50-tiny' not in open_clip.list_models(): open_clip.add_model_config(MODEL_CONFIGS)
 
+def _load_toy_clip(arch, device):
+    from ipiqa.toyclip import toy_clip_file, toy_clip_state
+    model = open_clip.create_model(arch, pretrained=None, device=device)
+    model.load_state_dict(toy_clip_state(toy_clip_file(arch))[0])
+    return model.eval(), open_clip.get_tokenizer(arch)
+
 def load_clip(arch='RN50', pretrained=None, device='cpu'):
-    "An open_clip CLIP `arch` and its tokenizer; `pretrained` is an open_clip tag, a local weight file or None (random)."
+    "An open_clip CLIP `arch` and its tokenizer; `pretrained` is an open_clip tag, a local weight file, 'toy' or None (random)."
     if arch not in open_clip.list_models(): raise ValueError(f"unknown CLIP arch {arch!r}; ResNet ones: {[m for m in open_clip.list_models() if m.startswith('RN')]}")
     if pretrained in (None, '', 'none', 'random'): pretrained = None
+    elif pretrained == 'toy': return _load_toy_clip(arch, device)
     elif not Path(pretrained).is_file() and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
         raise FileNotFoundError(f"pretrained={pretrained!r} is neither a file nor an open_clip tag for {arch} "
-                                f"(tags: {open_clip.list_pretrained_tags_by_model(arch)})")
+                                f"(tags: {open_clip.list_pretrained_tags_by_model(arch)}; 'toy' for the project's toy CLIPs)")
     quick_gelu, openai_sd = pretrained_weights(arch, pretrained)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*TorchScript archive.*')
@@ -146,6 +153,13 @@ def load_image_tower(tower, path, arch):
     return ck
 
 # %% ../nbs/01_model.ipynb #d1787694
+def encode_text(clip, tokens, token_embeds=None):
+    "CLIP's text feature (projected output at [eot]) of `tokens`, run only up to the longest [eot]; `token_embeds` replace the lookup."
+    n = int(tokens.argmax(-1).max()) + 1
+    x = clip.token_embedding(tokens[:, :n]) if token_embeds is None else token_embeds[:, :n]
+    x = clip.transformer(x + clip.positional_embedding[:n].to(x.dtype), attn_mask=clip.attn_mask[:n, :n])
+    return clip.ln_final(x)[torch.arange(len(x), device=x.device), tokens.argmax(-1)] @ clip.text_projection
+
 class PromptEncoder(nn.Module):
     "CLIP's frozen text tower; with `qa_token` the [eot] input embedding is one learnable vector."
     def __init__(self, clip, tokenizer, qa_token=True):
@@ -164,13 +178,12 @@ class PromptEncoder(nn.Module):
 
     def encode(self, tokens):
         "`G_t` for each row of `tokens` (P, L), which may be truncated after its [eot]."
-        n, eot = tokens.shape[1], tokens.argmax(-1)
+        tokens = tokens[:, : int(tokens.argmax(-1).max()) + 1]
         x = self.token_embedding(tokens)
         if self.qa is not None:
-            is_eot = torch.arange(n, device=tokens.device)[None] == eot[:, None]
+            is_eot = torch.arange(tokens.shape[1], device=tokens.device)[None] == tokens.argmax(-1)[:, None]
             x = torch.where(is_eot[..., None], self.qa.to(x.dtype), x)
-        x = self.transformer(x + self.positional_embedding[:n].to(x.dtype), attn_mask=self.attn_mask[:n, :n])
-        return self.ln_final(x)[torch.arange(len(x), device=x.device), eot] @ self.text_projection
+        return encode_text(self, tokens, x)
 
     def forward(self, tokens):
         if self.qa is not None: return self.encode(tokens)
@@ -200,18 +213,32 @@ def make_head(kind, n_in, n_out):
     raise ValueError(f"head must be 'linear' or 'mlp', not {kind!r}")
 
 # %% ../nbs/01_model.ipynb #3c971921
+FUSIONS = ('paper', 'clip-residual')
+
 class IPIQA(nn.Module):
     "IP-IQA: image tower + attention pool, prompt [QA] feature + cross-modality attention pool, concat → head."
     def __init__(self, clip, tokenizer, n_outputs=1, image_size=512, use_prompt=True, qa_token=True,
-                 cross_init='clip', head='linear'):
+                 cross_init='clip', head='linear', fusion='paper'):
         super().__init__()
-        pool = clip.visual.attnpool
+        if fusion not in FUSIONS: raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
+        pool, self.fusion = clip.visual.attnpool, fusion
         self.image = ImageTower(clip.visual, image_size)
         self.text = PromptEncoder(clip, tokenizer, qa_token) if use_prompt else None
         self.cross_pool = CrossModalAttentionPool.from_clip(pool, image_size // 32, clip.text_projection.shape[1], cross_init) if use_prompt else None
         self.head = make_head(head, pool.c_proj.out_features * (2 if use_prompt else 1), n_outputs)
+        self.sim_weight = nn.Parameter(torch.zeros(n_outputs, pool.c_proj.out_features)) if use_prompt and fusion == 'clip-residual' else None
+        self.register_buffer('logit_scale', clip.logit_scale.detach().exp().clone())  # CLIP's own temperature (100 for OpenAI's)
 
     def tokenize(self, prompts): return self.text.tokenize(prompts) if self.text else torch.zeros(len(prompts), 1, dtype=torch.long)
+
+    def similarity_terms(self, v, g_t):
+        "The terms of CLIP's logit-scaled similarity: `logit_scale · v̂ ⊙ ĝ_t`, which sum to CLIP's logit."
+        return self.logit_scale * F.normalize(v, dim=-1) * F.normalize(g_t, dim=-1)
+
+    def similarity(self, images, tokens, prompt_index):
+        "CLIP's logit of each image and its prompt feature `G_t` (logit scale × cosine): CLIPScore's similarity, before any head."
+        v = self.image(images)
+        return self.similarity_terms(v, self.text(tokens).to(v.dtype)[prompt_index]).sum(-1)
 
     def forward(self, images, tokens=None, prompt_index=None, need_weights=False):
         "Scores (N, n_outputs) of `images`; `tokens`, `prompt_index` from `batch_prompts` (ignored without prompt)."
@@ -222,13 +249,14 @@ class IPIQA(nn.Module):
         cross = self.cross_pool(fmap, g_t, need_weights=need_weights)
         pooled.append(cross[0] if need_weights else cross)
         out = self.head(torch.cat(pooled, -1))
+        if self.sim_weight is not None: out = out + self.similarity_terms(pooled[0], g_t) @ self.sim_weight.T
         return (out, cross[1]) if need_weights else out
 
 # %% ../nbs/01_model.ipynb #4467b8c6
 def build_ipiqa(arch='RN50', pretrained=None, n_outputs=1, image_size=512, use_prompt=True, qa_token=True,
-                cross_init='clip', head='linear', image_encoder_ckpt=None, device='cpu'):
+                cross_init='clip', head='linear', image_encoder_ckpt=None, device='cpu', fusion='paper'):
     "Load CLIP `arch` (+ an optional Image2Prompt image-tower checkpoint) and build `IPIQA` on it."
     clip, tokenizer = load_clip(arch, pretrained)
-    model = IPIQA(clip, tokenizer, n_outputs, image_size, use_prompt, qa_token, cross_init, head)
+    model = IPIQA(clip, tokenizer, n_outputs, image_size, use_prompt, qa_token, cross_init, head, fusion)
     if image_encoder_ckpt: load_image_tower(model.image, image_encoder_ckpt, arch)
     return model.to(device)

@@ -21,10 +21,10 @@ from .metrics import iqa_metrics, summarize
 from .model import batch_prompts, build_ipiqa
 
 # %% auto #0
-__all__ = ['PRESETS', 'SELECT', 'RESUME_KEYS', 'TrainConfig', 'resolve_device', 'autocast', 'seed_everything', 'IQADataset',
-           'collate_iqa', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict', 'init_head_bias', 'selection_part',
-           'mean_srcc', 'train_split', 'ipiqa_model', 'CVResult', 'cross_validate', 'plot_predictions', 'Trained',
-           'load_trained', 'score_images']
+__all__ = ['PRESETS', 'SELECT', 'OPTIMIZERS', 'RESUME_KEYS', 'TrainConfig', 'resolve_device', 'autocast', 'seed_everything',
+           'IQADataset', 'collate_iqa', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict', 'init_head_bias',
+           'start_from_targets', 'selection_part', 'mean_srcc', 'train_split', 'ipiqa_model', 'CVResult',
+           'cross_validate', 'plot_predictions', 'Trained', 'load_trained', 'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 PRESETS = dict(
@@ -38,7 +38,7 @@ SELECT = ('last', 'val', 'best_on_test')
 class TrainConfig:
     dataset: str = 'toy'; data_dir: str = None; image_dir: str = None
     arch: str = None; pretrained: str = None; image_encoder_ckpt: str = None; image_size: int = None
-    use_prompt: bool = True; qa_token: bool = True; cross_init: str = 'clip'; head: str = 'linear'
+    use_prompt: bool = True; qa_token: bool = True; cross_init: str = 'clip'; head: str = 'linear'; fusion: str = 'paper'
     epochs: int = None; batch_size: int = None; lr: float = None; weight_decay: float = 0.0
     n_splits: int = None; train_frac: float = 0.8; val_frac: float = 0.125; select: str = 'last'; seed: int = 0
     device: str = 'auto'; amp: bool = True; num_workers: int = 4
@@ -104,17 +104,23 @@ class IQAData:
 def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+OPTIMIZERS = dict(adam=torch.optim.Adam, adamw=torch.optim.AdamW)
+
 class Trainer:
-    "Adam over `model`'s trainable parameters; `loss_fn(model, batch)` gives the loss of a batch."
-    def __init__(self, model, loss_fn, lr, device='cpu', amp=True, weight_decay=0.0):
+    "Adam(W) over `model`'s trainable parameters (or `param_groups`); `loss_fn(model, batch)` gives the loss of a batch."
+    def __init__(self, model, loss_fn, lr, device='cpu', amp=True, weight_decay=0.0, optimizer='adam', param_groups=None,
+                 total_steps=None, warmup=0.1):
         self.model, self.loss_fn, self.device, self.amp = model, loss_fn, torch.device(device), amp
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay)
+        self.opt = OPTIMIZERS[optimizer](param_groups or self.params, lr=lr, weight_decay=weight_decay)
+        self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, lr, total_steps=total_steps, pct_start=warmup)
+                      if total_steps else None)  # warm-up then cosine decay; None: constant lr (the paper's)
 
     def step(self, batch):
         self.model.train()
         with autocast(self.device, self.amp): loss = self.loss_fn(self.model, to_device(batch, self.device))
         self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
+        if self.sched: self.sched.step()
         return loss.item()
 
     def train_epoch(self, loader, desc='train'):
@@ -122,8 +128,11 @@ class Trainer:
         losses = [self.step(b) for b in tqdm(loader, desc=desc, leave=False)]
         return float(np.mean(losses))
 
-    def state_dict(self): return dict(model=self.model.state_dict(), opt=self.opt.state_dict())
-    def load_state_dict(self, sd): self.model.load_state_dict(sd['model']); self.opt.load_state_dict(sd['opt'])
+    def state_dict(self):
+        return dict(model=self.model.state_dict(), opt=self.opt.state_dict(), **({'sched': self.sched.state_dict()} if self.sched else {}))
+    def load_state_dict(self, sd):
+        self.model.load_state_dict(sd['model']); self.opt.load_state_dict(sd['opt'])
+        if self.sched: self.sched.load_state_dict(sd['sched'])
 
 # %% ../nbs/01c_training.ipynb #989a805b
 def mos_loss(model, batch):
@@ -145,6 +154,18 @@ def init_head_bias(head, means):
     last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad(): last.bias.copy_(torch.as_tensor(means, dtype=last.bias.dtype))
 
+@torch.no_grad()
+def start_from_targets(model, data, rows, device='cpu', batch_size=256):
+    "Start `model` at the training targets: the head's bias at their mean; `fusion='clip-residual'` at the fitted CLIPScore line."
+    y = data.targets[rows].double()
+    if getattr(model, 'sim_weight', None) is None: return init_head_bias(model.head, y.mean(0))
+    model.eval()
+    s = torch.cat([model.similarity(**{k: b[k] for k in ('images', 'tokens', 'prompt_index')}).double().cpu()
+                   for b in map(lambda b: to_device(b, device), data.loader(rows, batch_size))])
+    line = torch.linalg.lstsq(torch.stack([s, torch.ones_like(s)], 1), y).solution      # per target: slope, intercept
+    model.sim_weight.copy_(line[0][:, None].expand_as(model.sim_weight)); init_head_bias(model.head, line[1])  # reads slope·cos
+    [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].weight.zero_()     # the residual starts at 0
+
 # %% ../nbs/01c_training.ipynb #ef4a1fc9
 def selection_part(select): return dict(last=None, val='val', best_on_test='test')[select]
 
@@ -163,7 +184,7 @@ def train_split(base_model, data: IQAData, splits, split, cfg: TrainConfig, out_
     rows = {p: split_indices(splits, data.ds.table, split, p) for p in ('train', 'val', 'test')}
     seed_everything(cfg.seed, split)
     model = copy.deepcopy(base_model).to(device)
-    init_head_bias(model.head, data.targets[rows['train']].mean(0))
+    start_from_targets(model, data, rows['train'], device)
     trainer = Trainer(model, loss_fn, cfg.lr, device, cfg.amp, cfg.weight_decay)
     part = selection_part(cfg.select)
     sel_loader = data.loader(rows[part], cfg.batch_size) if part else None
@@ -201,12 +222,12 @@ def _finish_split(model, data, test_rows, split, epoch, cfg, sdir, history):
 
 # %% ../nbs/01c_training.ipynb #d48fe227
 RESUME_KEYS = ('dataset', 'arch', 'pretrained', 'image_encoder_ckpt', 'image_size', 'use_prompt', 'qa_token', 'cross_init',
-               'head', 'epochs', 'batch_size', 'lr', 'weight_decay', 'n_splits', 'train_frac', 'val_frac', 'select', 'seed')
+               'head', 'fusion', 'epochs', 'batch_size', 'lr', 'weight_decay', 'n_splits', 'train_frac', 'val_frac', 'select', 'seed')
 
 def ipiqa_model(cfg, n_outputs):
     "IP-IQA as configured by `cfg`."
     return build_ipiqa(cfg.arch, cfg.pretrained, n_outputs, cfg.image_size, cfg.use_prompt, cfg.qa_token,
-                       cfg.cross_init, cfg.head, cfg.image_encoder_ckpt)
+                       cfg.cross_init, cfg.head, cfg.image_encoder_ckpt, fusion=cfg.fusion)
 
 # %% ../nbs/01c_training.ipynb #e239a568
 @dataclass
