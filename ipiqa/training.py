@@ -28,7 +28,7 @@ __all__ = ['PRESETS', 'SELECT', 'OPTIMIZERS', 'RESUME_KEYS', 'TrainConfig', 'res
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 PRESETS = dict(
-    toy=dict(arch='RN50-tiny', pretrained='random', image_size=128, epochs=12, batch_size=16, lr=1e-3, n_splits=2),
+    toy=dict(arch='RN50-tiny', pretrained='toy', image_size=64, epochs=12, batch_size=16, lr=1e-4, n_splits=2),
     agiqa1k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10),
     agiqa3k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10),
 )
