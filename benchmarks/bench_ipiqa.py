@@ -49,7 +49,7 @@ def main(a):
           f"{trunc * 1e3:.1f} ms ({full / trunc:.1f}x)")
 
     with tempfile.TemporaryDirectory() as d:
-        ds = read_agiqa3k(make_toy_agiqa(d, n_prompts=12, images_per_prompt=8, size=512))
+        ds = read_agiqa3k(make_toy_agiqa(d, n_prompts=10, size=512))
         t = time.perf_counter(); load_images(ds.paths(), a.image_size, num_workers=a.workers)
         dt = time.perf_counter() - t
     print(f"decode + resize once: {dt / len(ds) * 1e3:.2f} ms/image ({a.workers} threads); "

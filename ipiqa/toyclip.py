@@ -57,7 +57,7 @@ def train_toy_clip(arch='RN50-tiny', n_images=16000, size=64, steps=1000, batch_
                    warmup=0.1, seed=0, device='cpu', corpus=None):
     "Pre-train a random-init CLIP `arch` on the toy captioned corpus: the model (eval mode) and the loss per step."
     seed_everything(seed)
-    clip, tokenizer = load_clip(arch, None)
+    clip, tokenizer = load_clip(arch, None, device)
     images, captions, _ = corpus or captioned_corpus(n_images, size, seed)
     tokens = tokenizer(captions)
     trainer = Trainer(clip, contrastive_loss, lr or TOY_CLIP_LR[arch], device, amp=False, optimizer='adamw',
