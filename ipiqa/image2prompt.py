@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.script import call_parse
 from PIL import Image, ImageOps
+from scipy.stats import mannwhitneyu
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
@@ -30,9 +31,10 @@ __all__ = ['PAPER_THRESHOLD', 'PRETRAIN_PRESETS', 'IMAGE_EXTS', 'RECORD_KEYS', '
            'archive_folder', 'metadata_file', 'read_manifest', 'list_parts', 'read_archive', 'read_part',
            'decode_image', 'PairImages', 'make_toy_diffusiondb', 'clip_input_size', 'encode_prompts', 'score_part',
            'init_distributed', 'barrier', 'finish_distributed', 'plan_parts', 'choose_threshold', 'plot_similarities',
-           'assemble_pairs', 'Pairs', 'load_pairs', 'filter_pairs', 'cosine_loss', 'pair_cosines', 'ResumableSampler',
-           'pair_dataset', 'LossLog', 'Checkpointed', 'unwrap', 'save_checkpoint', 'load_checkpoint', 'plot_history',
-           'Pretrained', 'pretrain', 'prepare_source', 'image2prompt']
+           'assemble_pairs', 'Pairs', 'load_pairs', 'filter_pairs', 'roc_auc', 'with_toy_truth', 'filter_auc',
+           'cosine_loss', 'pair_cosines', 'ResumableSampler', 'pair_dataset', 'LossLog', 'Checkpointed', 'unwrap',
+           'save_checkpoint', 'load_checkpoint', 'plot_history', 'Pretrained', 'pretrain', 'prepare_source',
+           'image2prompt']
 
 # %% ../nbs/01d_image2prompt.ipynb #ea93767e
 PAPER_THRESHOLD = 0.35
@@ -347,6 +349,26 @@ def _finish_filter(out_dir, refs, threshold, resumed, cfg, verbose):
     import matplotlib.pyplot as plt; plt.close('all')
     if verbose: print(f"filter: kept {s['kept']} of {s['scored']} pairs ({s['kept_frac']:.1%}) at cosine ≥ {t:.4g} ({threshold}); "
                       f"{s['archive_errors']} archive(s) and {s['image_errors']} image(s) skipped (errors.csv); {resumed} of {len(refs)} parts resumed")
+
+# %% ../nbs/01d_image2prompt.ipynb #0d6e7535
+def roc_auc(scores, positive):
+    "ROC AUC of `scores` for the `positive` (bool) items vs the rest: Mann–Whitney U / (n_pos · n_neg), ties counting half."
+    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg: return float('nan')
+    return float(mannwhitneyu(scores[positive], scores[~positive]).statistic / (n_pos * n_neg))
+
+# %% ../nbs/01d_image2prompt.ipynb #79c8b046
+def with_toy_truth(manifest, meta):
+    "The pairs of a filter `manifest` that a toy DiffusionDB's `metadata.parquet` (`meta`) knows, its `toy_matched` as `matched`."
+    truth = pd.read_parquet(meta, columns=['image_name', 'toy_matched']).set_index('image_name')['toy_matched']
+    m = manifest[manifest['member'].isin(truth.index)]
+    return m.assign(matched=m['member'].map(truth).astype(bool)).reset_index(drop=True)
+
+def filter_auc(manifest, meta):
+    "ROC AUC of the filter's similarities for the matched vs mismatched pairs of a toy DiffusionDB (`meta`: its metadata.parquet)."
+    m = with_toy_truth(manifest, meta)
+    return roc_auc(m['similarity'], m['matched'])
 
 # %% ../nbs/01d_image2prompt.ipynb #5867ddcb
 def cosine_loss(model, batch):

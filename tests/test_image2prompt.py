@@ -1,5 +1,6 @@
 """Image2Prompt (IP-IQA paper, Qu et al. ICME 2024, §3.3): reading DiffusionDB's part archives, the CLIP filter, pre-training the image tower,
-resume, and a 2-process torchrun run of both steps."""
+resume, and a 2-process torchrun run of both steps. The mechanics run on a random-init CLIP; one test checks that the shipped toy CLIP's
+filter separates a toy DiffusionDB's matched from its mismatched pairs."""
 import io, json, os, subprocess, sys, zipfile
 from pathlib import Path
 
@@ -13,8 +14,8 @@ os.environ.setdefault('TQDM_DISABLE', '1')
 torch.set_num_threads(1)  # 2 shared cores: more OpenMP threads than free cores makes these tiny models crawl
 
 import ipiqa.image2prompt as i2p
-from ipiqa.image2prompt import (cosine_loss, encode_prompts, filter_pairs, list_parts, load_pairs, make_toy_diffusiondb,
-                                pair_cosines, pair_dataset, plan_parts, pretrain, read_part, score_part)
+from ipiqa.image2prompt import (cosine_loss, encode_prompts, filter_auc, filter_pairs, list_parts, load_pairs, make_toy_diffusiondb,
+                                pair_cosines, pair_dataset, plan_parts, pretrain, read_part, roc_auc, score_part, with_toy_truth)
 from ipiqa.model import ImageTower, build_ipiqa, load_clip, load_image_tower
 from ipiqa.training import Trainer, seed_everything
 
@@ -125,6 +126,29 @@ def test_interrupted_filter_redoes_only_unfinished_parts(toy, tmp_path, monkeypa
     assert done == ['part-000003'] and again.summary['parts_resumed'] == 2
     pd.testing.assert_frame_equal(again.manifest, first.manifest)
     with pytest.raises(ValueError, match="arch: 'RN50-tiny' there, 'RN50' now"): filter_pairs(toy, tmp_path, 'RN50', 'random')
+
+
+def test_roc_auc_matches_pair_counting():
+    rng = np.random.default_rng(0)
+    scores, pos = np.round(rng.normal(size=40), 1), rng.random(40) < 0.3  # rounded: ties happen and count half
+    p, n = scores[pos], scores[~pos]
+    assert roc_auc(scores, pos) == pytest.approx(((p[:, None] > n) + 0.5 * (p[:, None] == n)).mean())
+    assert roc_auc([3, 2, 1], [True, False, False]) == 1.0 and roc_auc([1, 2, 3], [True, False, False]) == 0.0
+    assert np.isnan(roc_auc([1, 2], [False, False]))
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_toy_clip_filter_separates_matched_from_mismatched(seed, tmp_path):
+    """The shipped toy CLIP scores matched pairs above mismatched ones: ROC AUC >= 0.95 on a 100-pair toy DiffusionDB (64 px,
+    a quarter mismatched). Measured with the shipped RN50-tiny toy CLIP: AUC 1.000 on each of seeds 0-9 at this size, 0.9994 on the
+    default 2,000-pair set (seed 0); 0.95 leaves a 0.05 margin below those and is above the issue's target of 0.9."""
+    toy = make_toy_diffusiondb(tmp_path/'ddb', n_parts=1, per_part=100, size=64, seed=seed)
+    pairs = filter_pairs(toy, tmp_path/'pairs', 'RN50-tiny', 'toy', threshold='q0.25', verbose=False, device='cpu')
+    m = with_toy_truth(pairs.manifest, toy/'metadata.parquet')
+    assert len(m) == 100 and 0 < (~m.matched).sum() < 100
+    auc = filter_auc(pairs.manifest, toy/'metadata.parquet')
+    assert auc >= 0.95, (seed, auc)
+    assert m.similarity[m.matched].mean() > m.similarity[~m.matched].mean() + 0.5  # measured: 0.82-1.08 over seeds 0-9
 
 
 # ---------------------------------------------------------------- pre-training
