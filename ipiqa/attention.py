@@ -6,17 +6,20 @@
 from __future__ import annotations
 import math, re
 from dataclasses import dataclass
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from .data import atomic_write
 from .model import batch_prompts
+from .toyworld import draw_scene, random_scene
 from .training import load_trained
 
 # %% auto #0
 __all__ = ['WORD_RE', 'load_checkpoint', 'grid_maps', 'Attention', 'attention_maps', 'prompt_words', 'drop_word', 'WordInfluence',
-           'word_influence', 'upsample', 'plot_attention', 'plot_word_influence', 'plot_view', 'attention_explorer']
+           'word_influence', 'cell_fractions', 'mass_in_mask', 'pull_in_mask', 'object_words', 'toy_scenes',
+           'object_word_table', 'upsample', 'plot_attention', 'plot_word_influence', 'plot_view', 'attention_explorer']
 
 # %% ../nbs/01f_attention.ipynb #baba0979
 def load_checkpoint(path, device='cpu'):
@@ -93,6 +96,58 @@ def word_influence(model, image, prompt, replace_with=None):
     variants = [drop_word(prompt, i, replace_with) for i in range(len(words))]
     att = attention_maps(model, image[None].expand(1 + len(words), -1, -1, -1), [prompt] + variants)
     return WordInfluence(prompt, words, variants, att.maps[0], att.maps[1:], att.scores)
+
+# %% ../nbs/01f_attention.ipynb #5b9e2d17
+def cell_fractions(mask, grid):
+    "Boolean `mask` (..., s, s) as the share of each of `grid`×`grid` cells it covers (..., grid, grid)."
+    m = torch.as_tensor(np.asarray(mask)).float()
+    if m.shape[-1] % grid or m.shape[-2] % grid: raise ValueError(f"a {tuple(m.shape[-2:])} mask does not divide into a {grid}×{grid} grid")
+    return F.avg_pool2d(m.reshape(-1, 1, *m.shape[-2:]), m.shape[-1] // grid).reshape(*m.shape[:-2], grid, grid)
+
+def mass_in_mask(maps, mask):
+    "Attention mass of `maps` (..., H, W) inside `mask` (s, s), and the mask's share of the image's area."
+    frac = cell_fractions(mask, maps.shape[-1])
+    return (maps * frac).sum((-2, -1)), frac.mean((-2, -1))
+
+# %% ../nbs/01f_attention.ipynb #7ae1b4c8
+def pull_in_mask(delta, mask):
+    "Of the attention a word pulls (the positive part of its `delta`, (..., H, W)), the share inside `mask`; and the mask's area share."
+    pulled = delta.clamp(min=0)
+    mass, area = mass_in_mask(pulled, mask)
+    return mass / pulled.sum((-2, -1)), area
+
+# %% ../nbs/01f_attention.ipynb #f18c5a27
+def object_words(scene):
+    "Index (in `prompt_words(scene.caption())`), word, group and kind ('color'/'shape') of each group's colour and shape word."
+    rows, start = [], 0
+    for g, group in enumerate(scene.groups):
+        words = prompt_words(group.words())
+        c = 1 + (group.size == 'small')  # count word, optional 'small', then colour and shape
+        rows += [(start + c, words[c], g, 'color'), (start + c + 1, words[c + 1], g, 'shape')]
+        start += len(words) + 1  # ' and '
+    return pd.DataFrame(rows, columns=['index', 'word', 'group', 'kind'])
+
+# %% ../nbs/01f_attention.ipynb #64c3b2ea
+def toy_scenes(n, size, seed=0, n_groups=2):
+    "`n` fresh toy scenes with `n_groups` visible object groups: uint8 images (n, 3, size, size), masks (list of (n_groups, size, size)), scenes."
+    rng, images, masks, scenes = np.random.default_rng(seed), [], [], []
+    while len(scenes) < n:
+        sc = random_scene(rng, p_two=1.0 if n_groups == 2 else 0.0)
+        img, m = draw_scene(sc, size, rng)
+        if len(sc.groups) != n_groups or not m.reshape(len(m), -1).any(1).all(): continue
+        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)); masks.append(m); scenes.append(sc)
+    return torch.stack(images), masks, scenes
+
+def object_word_table(model, image, scene, masks, replace_with=None, head=None):
+    "Per colour / shape word of `scene`'s caption: share of the attention it pulls onto its own group's mask vs that mask's area share."
+    wi, rows = word_influence(model, image, scene.caption(), replace_with), []
+    for k, word, g, kind in object_words(scene).itertuples(index=False):
+        d = wi.delta[k].mean(0) if head is None else wi.delta[k, head]
+        (mass, area), other = pull_in_mask(d, masks[g]), [pull_in_mask(d, masks[o]) for o in range(len(masks)) if o != g]
+        rows.append({'word': word, 'kind': kind, 'object': scene.groups[g].words(), 'mass': float(mass), 'area': float(area),
+                     'other mass': float(sum(m for m, _ in other)), 'other area': float(sum(a for _, a in other)),
+                     'shift': float(wi.shift(head)[k])})
+    return pd.DataFrame(rows)
 
 # %% ../nbs/01f_attention.ipynb #d3cc6e5e
 def upsample(maps, size):

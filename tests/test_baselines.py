@@ -20,7 +20,7 @@ CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory):
     d = tmp_path_factory.mktemp('toy')
-    return read_agiqa3k(make_toy_agiqa(d/'toy', n_prompts=10, images_per_prompt=3, size=64))
+    return read_agiqa3k(make_toy_agiqa(d/'toy', n_prompts=10, size=64))
 
 
 @pytest.fixture(scope='module')
