@@ -2,6 +2,7 @@
 
 d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_url': '', 'lib_path': 'ipiqa'},
   'syms': { 'ipiqa.ablation': { 'ipiqa.ablation.ablation_config': ('ablation.html#ablation_config', 'ipiqa/ablation.py'),
+                                'ipiqa.ablation.fusion_method': ('ablation.html#fusion_method', 'ipiqa/ablation.py'),
                                 'ipiqa.ablation.row_folder': ('ablation.html#row_folder', 'ipiqa/ablation.py'),
                                 'ipiqa.ablation.run_ablation': ('ablation.html#run_ablation', 'ipiqa/ablation.py'),
                                 'ipiqa.ablation.trainable_parameters': ('ablation.html#trainable_parameters', 'ipiqa/ablation.py')},
@@ -277,6 +278,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ipiqa.training.score_images': ('training.html#score_images', 'ipiqa/training.py'),
                                 'ipiqa.training.seed_everything': ('training.html#seed_everything', 'ipiqa/training.py'),
                                 'ipiqa.training.selection_part': ('training.html#selection_part', 'ipiqa/training.py'),
+                                'ipiqa.training.similarity_srcc': ('training.html#similarity_srcc', 'ipiqa/training.py'),
                                 'ipiqa.training.start_from_targets': ('training.html#start_from_targets', 'ipiqa/training.py'),
                                 'ipiqa.training.to_device': ('training.html#to_device', 'ipiqa/training.py'),
                                 'ipiqa.training.train_split': ('training.html#train_split', 'ipiqa/training.py')}}}

@@ -15,7 +15,7 @@ from .data import AGIQASet, atomic_write_csv, group_splits
 from .training import TrainConfig, cross_validate
 
 # %% auto #0
-__all__ = ['ABLATION_ROWS', 'ablation_config', 'row_folder', 'trainable_parameters', 'run_ablation']
+__all__ = ['ABLATION_ROWS', 'ablation_config', 'row_folder', 'trainable_parameters', 'fusion_method', 'run_ablation']
 
 # %% ../nbs/01g_ablation.ipynb #4fb97024
 ABLATION_ROWS = ((False, False, False), (True, False, False), (False, True, False), (True, True, False), (True, True, True))
@@ -39,14 +39,21 @@ def trainable_parameters(model):
     return {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
 
 # %% ../nbs/01g_ablation.ipynb #92dcd566
-def run_ablation(cfg: TrainConfig, ds: AGIQASet, out_dir, image_encoder_ckpt=None, rows=ABLATION_ROWS, splits=None):
-    "Cross-validate every row of `rows` on the same splits; the long results table of all of them."
+def fusion_method(fusion, row=ABLATION_ROWS[-1]):
+    "The results-table name of `row` (default: full IP-IQA) trained with another `fusion`."
+    return f"{ablation_method(*row)} + fusion={fusion}"
+
+def run_ablation(cfg: TrainConfig, ds: AGIQASet, out_dir, image_encoder_ckpt=None, rows=ABLATION_ROWS, splits=None, fusions=()):
+    "Cross-validate every row of `rows` (and full IP-IQA with each of `fusions`) on the same splits; one long results table."
     cfg, out_dir = cfg.resolved(), Path(out_dir)
     if splits is None:
         splits = group_splits(ds.table, cfg.n_splits, cfg.train_frac, cfg.seed, cfg.val_frac if cfg.select == 'val' else 0.0)
     atomic_write_csv(splits, out_dir/'splits.csv')
+    runs = [(ablation_config(cfg, *r, image_encoder_ckpt), row_folder(*r), ablation_method(*r)) for r in rows]
+    runs += [(dataclasses.replace(ablation_config(cfg, *ABLATION_ROWS[-1], image_encoder_ckpt), fusion=f),
+              f"{row_folder(*ABLATION_ROWS[-1])}_fusion_{f}", fusion_method(f)) for f in fusions]
     res = []
-    for row in tqdm(rows, desc='Table 3 rows'):
-        cv = cross_validate(ablation_config(cfg, *row, image_encoder_ckpt), ds, out_dir/row_folder(*row), splits=splits)
-        res.append(results_from_cv(cv.metrics, ablation_method(*row), cfg.dataset))
+    for run_cfg, folder, method in tqdm(runs, desc='Table 3 rows'):
+        cv = cross_validate(run_cfg, ds, out_dir/folder, splits=splits)
+        res.append(results_from_cv(cv.metrics, method, cfg.dataset))
     return pd.concat(res, ignore_index=True)

@@ -23,12 +23,12 @@ from .model import batch_prompts, build_ipiqa
 # %% auto #0
 __all__ = ['PRESETS', 'SELECT', 'OPTIMIZERS', 'RESUME_KEYS', 'TrainConfig', 'resolve_device', 'autocast', 'seed_everything',
            'IQADataset', 'collate_iqa', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict', 'init_head_bias',
-           'start_from_targets', 'selection_part', 'mean_srcc', 'train_split', 'ipiqa_model', 'CVResult',
-           'cross_validate', 'plot_predictions', 'Trained', 'load_trained', 'score_images']
+           'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'train_split', 'ipiqa_model',
+           'CVResult', 'cross_validate', 'plot_predictions', 'Trained', 'load_trained', 'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 PRESETS = dict(
-    toy=dict(arch='RN50-tiny', pretrained='toy', image_size=64, epochs=12, batch_size=16, lr=1e-4, n_splits=2),
+    toy=dict(arch='RN50-tiny', pretrained='toy', image_size=64, epochs=6, batch_size=32, lr=1e-4, n_splits=2),
     agiqa1k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10),
     agiqa3k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10),
 )
@@ -165,6 +165,16 @@ def start_from_targets(model, data, rows, device='cpu', batch_size=256):
     line = torch.linalg.lstsq(torch.stack([s, torch.ones_like(s)], 1), y).solution      # per target: slope, intercept
     model.sim_weight.copy_(line[0][:, None].expand_as(model.sim_weight)); init_head_bias(model.head, line[1])  # reads slope·cos
     [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].weight.zero_()     # the residual starts at 0
+
+# %% ../nbs/01c_training.ipynb #f9d6fea9
+@torch.no_grad()
+def similarity_srcc(model, data, rows, target=-1, device='cpu', batch_size=256):
+    "SRCC of an IP-IQA model's image–prompt similarity (CLIPScore of its towers) with target `target` on `rows`."
+    from scipy.stats import spearmanr
+    model.eval()
+    s = torch.cat([model.similarity(**{k: b[k] for k in ('images', 'tokens', 'prompt_index')}).float().cpu()
+                   for b in map(lambda b: to_device(b, device), data.loader(rows, batch_size))])
+    return float(spearmanr(s.numpy(), data.targets[rows, target].numpy()).statistic)
 
 # %% ../nbs/01c_training.ipynb #ef4a1fc9
 def selection_part(select): return dict(last=None, val='val', best_on_test='test')[select]

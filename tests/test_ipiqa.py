@@ -10,16 +10,18 @@ from scipy import stats
 
 os.environ.setdefault('TQDM_DISABLE', '1')
 
-from ipiqa.data import (DatasetError, group_splits, load_dataset, make_toy_agiqa, read_agiqa1k, read_agiqa3k,
+from ipiqa.data import (DatasetError, dataset_images, group_splits, load_dataset, read_agiqa1k, read_agiqa3k,
                         split_indices)
+from ipiqa.toyworld import captioned_corpus, make_toy_agiqa
 from ipiqa.metrics import iqa_metrics
 from ipiqa.model import batch_prompts, build_ipiqa, load_clip
-from ipiqa.training import Trainer, TrainConfig, cross_validate, mos_loss, IQAData
+from ipiqa.toyclip import TOY_CLIP_ARCHS, clip_similarity, retrieval_accuracy
+from ipiqa.training import Trainer, TrainConfig, cross_validate, mos_loss, IQAData, start_from_targets
 
 
 @pytest.fixture(scope='module')
 def toy_dir(tmp_path_factory):
-    return make_toy_agiqa(tmp_path_factory.mktemp('toy'), n_prompts=12, images_per_prompt=4)
+    return make_toy_agiqa(tmp_path_factory.mktemp('toy'), n_prompts=12)
 
 
 @pytest.fixture(scope='module')
@@ -88,6 +90,49 @@ def test_openai_weights_get_quick_gelu_random_init_keeps_gelu(tmp_path):
     assert act(load_clip('RN50-tiny', tmp_path/'openai.pt')[0]) is QuickGELU
     assert act(build_ipiqa('RN50-tiny', tmp_path/'openai.pt', image_size=64).text) is QuickGELU  # what IP-IQA trains with
 
+# ---------------------------------------------------------------- the toy CLIPs and the fusions
+
+@pytest.mark.parametrize('arch', TOY_CLIP_ARCHS)
+def test_toy_clips_know_the_toy_words(arch):
+    """Zero-shot retrieval on 256 scenes the corpus never held. Measured: RN50-tiny 0.88 top-1 image→text among
+    512 (0.95 among 64), ViT-B-32-tiny 0.80 (0.95); chance 1/64. Asserted: > 0.8 among 64, i.e. 50× chance."""
+    clip, tok = load_clip(arch, 'toy')
+    images, captions, _ = captioned_corpus(256, 64, seed=4242)
+    acc = retrieval_accuracy(clip_similarity(clip, tok, images, captions), ks=(64,)).iloc[0]
+    assert acc.image_to_text > 0.8 and acc.text_to_image > 0.8, acc
+
+
+@pytest.fixture(scope='module')
+def toy3k():
+    return load_dataset('toy')
+
+
+def test_clipscore_on_the_toy_clip_is_a_real_baseline(toy3k):
+    """CLIPScore's alignment SRCC on the default toy set (3,000 images, 300 prompts): 0.838 on split 0's test side
+    of seed 0 (measured), 0.83–0.85 on the whole set. A random-init CLIP gives ~0. Asserted: > 0.75."""
+    m = build_ipiqa('RN50-tiny', 'toy', 2, 64, qa_token=False).eval()
+    data = IQAData(toy3k, 64, m.tokenize, 2)
+    with torch.no_grad():
+        s = torch.cat([m.similarity(b['images'], b['tokens'], b['prompt_index']) for b in data.loader(np.arange(len(toy3k)), 500)])
+    assert stats.spearmanr(s.numpy(), data.targets[:, 1].numpy()).statistic > 0.75
+
+
+def test_clip_residual_starts_at_the_fitted_clipscore_line(toy):
+    """fusion='clip-residual' starts as CLIPScore's similarity mapped to MOS by least squares on the training rows
+    (head weights zero); the paper's fusion starts at the training mean."""
+    torch.manual_seed(0)
+    m = build_ipiqa('RN50-tiny', 'toy', 2, 64, fusion='clip-residual')
+    data = IQAData(toy, 64, m.tokenize, 1)
+    rows = np.arange(len(toy))
+    start_from_targets(m, data, rows)
+    b = next(iter(data.loader(rows, len(rows))))
+    with torch.no_grad(): pred, s = m(b['images'], b['tokens'], b['prompt_index']), m.similarity(b['images'], b['tokens'], b['prompt_index'])
+    for j in range(2):
+        slope, intercept = np.polyfit(s.double().numpy(), data.targets[:, j].double().numpy(), 1)
+        np.testing.assert_allclose(pred[:, j].numpy(), slope * s.numpy() + intercept, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match='fusion must be one of'): build_ipiqa('RN50-tiny', fusion='concat')
+
+
 # ---------------------------------------------------------------- splits and metrics
 
 def test_group_splits_disjoint_80_20(toy):
@@ -146,7 +191,7 @@ def test_agiqa3k_bad_input(toy_dir, tmp_path, case, expected):
 
 
 def test_unreadable_image_fails_before_training(toy_dir, tmp_path):
-    raw = _copy_toy(toy_dir, tmp_path/'d', n=12)
+    raw = _copy_toy(toy_dir, tmp_path/'d', n=40)  # 4 prompts: splittable
     raw.to_csv(tmp_path/'d'/'data.csv', index=False)
     (tmp_path/'d'/'images'/raw.name[2]).write_bytes(b'\x89PNG truncated')
     ds = load_dataset('agiqa3k', tmp_path/'d')
@@ -227,16 +272,31 @@ def test_selection_is_labelled(toy, tmp_path):
 # ---------------------------------------------------------------- learning
 
 def test_prompt_model_learns_alignment_image_only_cannot(tmp_path):
-    """On the toy set alignment depends on (image, prompt) together: only the prompt-reading model can rank it.
+    """On a toy set of 100 prompts (1,000 images; 1 split, the toy preset's 6 epochs) alignment depends on what the
+    image shows of its prompt, and partly on who made it (as in AGIQA-3k). Measured alignment SRCC, seeds 0 / 1 / 2:
 
-    Measured (2 splits, 15 epochs, CPU): alignment SRCC 0.271 with the prompt vs 0.021 without (seed 0), 0.192 vs
-    0.012 (seed 1). The tiny random-init model learns a weak but consistent alignment signal; the image-only model
-    none. The thresholds leave room under both seeds."""
-    ds = load_dataset('toy', tmp_path/'toy')
-    cfg = dict(n_splits=2, epochs=15, num_workers=2)
-    with_prompt = cross_validate(TrainConfig(**cfg), ds, tmp_path/'prompt').summary
-    image_only = cross_validate(TrainConfig(use_prompt=False, **cfg), ds, tmp_path/'image').summary
-    srcc = lambda s, t: s.query("metric == 'srcc' and target == @t")['mean'].item()
-    assert srcc(with_prompt, 'mos_align') > srcc(image_only, 'mos_align') + 0.12, (with_prompt, image_only)
-    assert abs(srcc(image_only, 'mos_align')) < 0.1
-    assert srcc(image_only, 'mos_quality') > 0.3 and srcc(with_prompt, 'mos_quality') > 0.25
+    | model | seed 0 | seed 1 | seed 2 |
+    |---|---|---|---|
+    | image-only (Table 3 row 1) | 0.443 | 0.506 | 0.391 |
+    | IP-IQA, fusion='paper' | 0.466 | 0.605 | 0.435 |
+    | IP-IQA, fusion='clip-residual' | 0.798 | 0.795 | 0.847 |
+    | zero-shot CLIPScore (toy CLIP) | 0.798 | 0.781 | 0.870 |
+
+    Asserted, with the smallest measured margin in brackets: clip-residual > image-only + 0.2 (0.29), > paper
+    fusion + 0.1 (0.19), > CLIPScore − 0.06 (−0.023); quality SRCC > 0.3 for image-only (0.42), > 0.5 for
+    clip-residual (0.66). The paper's fusion is not asserted above image-only: with 800 training images its margin
+    is 0.02–0.10."""
+    ds = read_agiqa3k(make_toy_agiqa(tmp_path/'toy', n_prompts=100))
+    srcc = {}
+    for name, kw in [('image_only', dict(use_prompt=False)), ('paper', {}), ('clip_residual', dict(fusion='clip-residual'))]:
+        r = cross_validate(TrainConfig(n_splits=1, num_workers=1, **kw), ds, tmp_path/name)
+        srcc[name] = r.metrics.set_index('target').srcc
+    te = split_indices(r.splits, ds.table, 0, 'test')
+    m = build_ipiqa('RN50-tiny', 'toy', 2, 64, qa_token=False).eval()
+    data = IQAData(ds, 64, m.tokenize, 1)
+    with torch.no_grad(): s = torch.cat([m.similarity(b['images'], b['tokens'], b['prompt_index']) for b in data.loader(te, 256)])
+    clipscore = stats.spearmanr(s.numpy(), data.targets[te, 1].numpy()).statistic
+    a = {k: v['mos_align'] for k, v in srcc.items()}
+    assert a['clip_residual'] > a['image_only'] + 0.2 and a['clip_residual'] > a['paper'] + 0.1, (srcc, clipscore)
+    assert a['clip_residual'] > clipscore - 0.06, (srcc, clipscore)
+    assert srcc['image_only']['mos_quality'] > 0.3 and srcc['clip_residual']['mos_quality'] > 0.5, srcc
