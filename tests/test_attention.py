@@ -1,7 +1,7 @@
 """Cross-modality attention on the toy world: does a colour or shape word pull attention onto the object it names?
 
-The model is a toy IP-IQA trained through `cross_validate` (the toy preset: RN50-tiny on the pre-trained toy CLIP,
-batch 16, lr 1e-4) at 128 px -- a 4×4 feature grid; the preset's 64 px gives 2×2 -- for 6 epochs on one split of
+The model is a toy IP-IQA trained through `cross_validate` (the toy preset -- RN50-tiny on the pre-trained toy CLIP,
+lr 1e-4 -- with batch 16, the preset's batch when this was measured; it is now 32) at 128 px -- a 4×4 feature grid; the preset's 64 px gives 2×2 -- for 6 epochs on one split of
 the toy set's first 40 prompts (400 images). It reads 100 fresh two-group scenes (`toy_scenes(100, 128, seed=1000)`),
 each with its own caption; for each group's colour word and shape word, `object_word_table` gives the share of the
 attention the word pulls (the positive part of its occlusion Δ, mean over heads) that lands inside that group's mask
@@ -48,7 +48,7 @@ def words(tmp_path_factory):
     toy = AGIQASet(toy.name, toy.table[toy.table['group'].isin(toy.table['group'].unique()[:N_PROMPTS])].reset_index(drop=True),
                    toy.targets, toy.image_dir)
     out = tmp_path_factory.mktemp('attention')
-    cross_validate(TrainConfig(dataset='toy', image_size=SIZE, epochs=EPOCHS, n_splits=1, seed=0, num_workers=1), toy, out)
+    cross_validate(TrainConfig(dataset='toy', image_size=SIZE, epochs=EPOCHS, n_splits=1, seed=0, batch_size=16, num_workers=1), toy, out)
     model, cfg = load_checkpoint(out/'split0'/'model.pt')
     assert (cfg.arch, cfg.pretrained, cfg.image_size) == ('RN50-tiny', 'toy', SIZE)
     imgs, masks, scenes = toy_scenes(N_SCENES, SIZE, seed=1000)
