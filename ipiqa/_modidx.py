@@ -198,6 +198,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'ipiqa.model.PromptEncoder.encode': ('model.html#promptencoder.encode', 'ipiqa/model.py'),
                              'ipiqa.model.PromptEncoder.forward': ('model.html#promptencoder.forward', 'ipiqa/model.py'),
                              'ipiqa.model.PromptEncoder.tokenize': ('model.html#promptencoder.tokenize', 'ipiqa/model.py'),
+                             'ipiqa.model._NotRandom': ('model.html#_notrandom', 'ipiqa/model.py'),
+                             'ipiqa.model._NotRandom.filter': ('model.html#_notrandom.filter', 'ipiqa/model.py'),
                              'ipiqa.model._load_toy_clip': ('model.html#_load_toy_clip', 'ipiqa/model.py'),
                              'ipiqa.model.batch_prompts': ('model.html#batch_prompts', 'ipiqa/model.py'),
                              'ipiqa.model.build_ipiqa': ('model.html#build_ipiqa', 'ipiqa/model.py'),

@@ -107,7 +107,7 @@ def read_agiqa1k(data_dir, image_dir=None, name='agiqa1k'):
     return finish_set(name, table, ['mos'], image_dir or Path(data_dir)/'images', file)
 
 # %% ../nbs/00_data.ipynb #123b87bb
-from .toyworld import make_toy_agiqa, agiqa_statistics, REAL_AGIQA3K_STATISTICS
+from .toyworld import TOYWORLD_VERSION, make_toy_agiqa, agiqa_statistics, REAL_AGIQA3K_STATISTICS
 
 # %% ../nbs/00_data.ipynb #c7a45dc8
 def _umask():
@@ -170,7 +170,7 @@ DATASETS = ('toy', 'agiqa1k', 'agiqa3k')
 
 def ensure_toy(data_dir=None):
     "The toy set's folder, written there first if it is not there yet."
-    data_dir = Path(data_dir or project_root()/'data'/'toy3k')
+    data_dir = Path(data_dir or project_root()/'data'/f'toy3k-v{TOYWORLD_VERSION}')
     if not (data_dir/'data.csv').is_file():
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=data_dir.parent, prefix=f'.{data_dir.name}-'))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_model.ipynb #444d5234
 from __future__ import annotations
-import importlib.util, math, warnings, zipfile
+import importlib.util, logging, math, warnings, zipfile
 from pathlib import Path
 
 import open_clip
@@ -46,9 +46,14 @@ def pretrained_weights(arch, pretrained):
 MODEL_CONFIGS = Path(importlib.util.find_spec('ipiqa').origin).parent/'model_configs'
 if MODEL_CONFIGS.is_dir() and 'RN50-tiny' not in open_clip.list_models(): open_clip.add_model_config(MODEL_CONFIGS)
 
+class _NotRandom(logging.Filter):  # open_clip says "initialized randomly" before we load the toy weights
+    def filter(self, record): return 'No pretrained weights loaded' not in record.getMessage()
+
 def _load_toy_clip(arch, device):
     from ipiqa.toyclip import toy_clip_file, toy_clip_state
-    model = open_clip.create_model(arch, pretrained=None, device=device)
+    f = _NotRandom(); logging.getLogger().addFilter(f)
+    try: model = open_clip.create_model(arch, pretrained=None, device=device)
+    finally: logging.getLogger().removeFilter(f)
     model.load_state_dict(toy_clip_state(toy_clip_file(arch))[0])
     return model.eval(), open_clip.get_tokenizer(arch)
 

@@ -13,9 +13,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'COUNTS', 'SIZES', 'POSITIONS', 'BACKGROUNDS', 'STYLES', 'DEGRADATIONS', 'CLASHES',
-           'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene', 'random_group',
-           'random_scene', 'draw_scene', 'degrade', 'captioned_corpus', 'ToyGenerator', 'render_attempt',
-           'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'make_toy_agiqa', 'plot_toy_prompt']
+           'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION', 'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene',
+           'random_group', 'random_scene', 'draw_scene', 'degrade', 'captioned_corpus', 'ToyGenerator',
+           'render_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'make_toy_agiqa', 'plot_toy_prompt']
 
 # %% ../nbs/00a_toyworld.ipynb #7ce57964
 COLORS = dict(red=(215, 35, 35), green=(40, 170, 50), blue=(40, 70, 225), yellow=(240, 215, 40),
@@ -180,6 +180,7 @@ TOY_GENERATORS = (ToyGenerator('toygan', 1, 0.05, 0.85), ToyGenerator('toyglide'
                   ToyGenerator('toydalle', 1, 0.75, 0.35), ToyGenerator('toysd', 4, 0.60, 0.45),
                   ToyGenerator('toymj', 2, 0.88, 0.12), ToyGenerator('toyxl', 1, 0.97, 0.20))
 ELEMENT_WEIGHTS = dict(group=2.0, color=2.0, shape=2.0, count=1.0, background=1.0, style=1.0)
+TOYWORLD_VERSION = 1  # bump when the drawing, the generators or the MOS model change: the default toy set's folder carries it
 
 # %% ../nbs/00a_toyworld.ipynb #ff7d9d78
 def _other(rng, options, current, ok=lambda o: True):
