@@ -280,6 +280,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ipiqa.training.score_images': ('training.html#score_images', 'ipiqa/training.py'),
                                 'ipiqa.training.seed_everything': ('training.html#seed_everything', 'ipiqa/training.py'),
                                 'ipiqa.training.selection_part': ('training.html#selection_part', 'ipiqa/training.py'),
+                                'ipiqa.training.similarities': ('training.html#similarities', 'ipiqa/training.py'),
                                 'ipiqa.training.similarity_srcc': ('training.html#similarity_srcc', 'ipiqa/training.py'),
                                 'ipiqa.training.start_from_targets': ('training.html#start_from_targets', 'ipiqa/training.py'),
                                 'ipiqa.training.to_device': ('training.html#to_device', 'ipiqa/training.py'),

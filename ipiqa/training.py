@@ -23,8 +23,8 @@ from .model import batch_prompts, build_ipiqa
 # %% auto #0
 __all__ = ['PRESETS', 'SELECT', 'OPTIMIZERS', 'RESUME_KEYS', 'TrainConfig', 'resolve_device', 'autocast', 'seed_everything',
            'IQADataset', 'collate_iqa', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict', 'init_head_bias',
-           'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'train_split', 'ipiqa_model',
-           'CVResult', 'cross_validate', 'plot_predictions', 'Trained', 'load_trained', 'score_images']
+           'similarities', 'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'train_split',
+           'ipiqa_model', 'CVResult', 'cross_validate', 'plot_predictions', 'Trained', 'load_trained', 'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 PRESETS = dict(
@@ -155,26 +155,27 @@ def init_head_bias(head, means):
     with torch.no_grad(): last.bias.copy_(torch.as_tensor(means, dtype=last.bias.dtype))
 
 @torch.no_grad()
+def similarities(model, data, rows, device='cpu', batch_size=256):
+    "An IP-IQA model's image–prompt similarity (`IPIQA.similarity`) for each of `rows`, in order (float64, CPU)."
+    model.eval()
+    return torch.cat([model.similarity(**{k: b[k] for k in ('images', 'tokens', 'prompt_index')}).double().cpu()
+                      for b in map(lambda b: to_device(b, device), data.loader(rows, batch_size))])
+
 def start_from_targets(model, data, rows, device='cpu', batch_size=256):
     "Start `model` at the training targets: the head's bias at their mean; `fusion='clip-residual'` at the fitted CLIPScore line."
     y = data.targets[rows].double()
     if getattr(model, 'sim_weight', None) is None: return init_head_bias(model.head, y.mean(0))
-    model.eval()
-    s = torch.cat([model.similarity(**{k: b[k] for k in ('images', 'tokens', 'prompt_index')}).double().cpu()
-                   for b in map(lambda b: to_device(b, device), data.loader(rows, batch_size))])
+    s = similarities(model, data, rows, device, batch_size)
     line = torch.linalg.lstsq(torch.stack([s, torch.ones_like(s)], 1), y).solution      # per target: slope, intercept
-    model.sim_weight.copy_(line[0][:, None].expand_as(model.sim_weight)); init_head_bias(model.head, line[1])  # reads slope·cos
-    [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].weight.zero_()     # the residual starts at 0
+    with torch.no_grad():
+        model.sim_weight.copy_(line[0][:, None].expand_as(model.sim_weight)); init_head_bias(model.head, line[1])  # reads slope·cos
+        [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].weight.zero_()     # the residual starts at 0
 
 # %% ../nbs/01c_training.ipynb #f9d6fea9
-@torch.no_grad()
 def similarity_srcc(model, data, rows, target=-1, device='cpu', batch_size=256):
     "SRCC of an IP-IQA model's image–prompt similarity (CLIPScore of its towers) with target `target` on `rows`."
     from scipy.stats import spearmanr
-    model.eval()
-    s = torch.cat([model.similarity(**{k: b[k] for k in ('images', 'tokens', 'prompt_index')}).float().cpu()
-                   for b in map(lambda b: to_device(b, device), data.loader(rows, batch_size))])
-    return float(spearmanr(s.numpy(), data.targets[rows, target].numpy()).statistic)
+    return float(spearmanr(similarities(model, data, rows, device, batch_size).numpy(), data.targets[rows, target].numpy()).statistic)
 
 # %% ../nbs/01c_training.ipynb #ef4a1fc9
 def selection_part(select): return dict(last=None, val='val', best_on_test='test')[select]
