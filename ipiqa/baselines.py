@@ -16,7 +16,7 @@ import torchvision
 
 from .data import AGIQASet, atomic_write, atomic_write_csv, dataset_images, split_indices
 from .metrics import METRICS, iqa_metrics
-from .model import ImageTower
+from .model import ImageTower, encode_text
 
 # %% auto #0
 __all__ = ['CLIPIQA_PROMPTS', 'ZERO_SHOT', 'RESULT_COLUMNS', 'RESULT_KEY', 'PAPER_RESULTS', 'PAPER_NAMES', 'IMAGENET_MEAN',
@@ -45,7 +45,7 @@ def clip_image_features(clip, images, pos_embed='interpolate', batch_size=64):
 def clip_text_features(clip, tokenizer, texts, batch_size=256):
     "CLIP text embeddings (P, D) of `texts`."
     tokens = tokenizer(list(texts)).to(_device(clip))
-    return torch.cat([clip.encode_text(tokens[i:i + batch_size]).float().cpu() for i in range(0, len(tokens), batch_size)])
+    return torch.cat([encode_text(clip, tokens[i:i + batch_size]).float().cpu() for i in range(0, len(tokens), batch_size)])
 
 def cosine(a, b, pairwise=True):
     "Cosine similarity of the rows of `a` (N, D) with the paired rows of `b` (N, D), or with every row of `b` (M, D) -> (N, M)."

@@ -107,7 +107,7 @@ def read_agiqa1k(data_dir, image_dir=None, name='agiqa1k'):
     return finish_set(name, table, ['mos'], image_dir or Path(data_dir)/'images', file)
 
 # %% ../nbs/00_data.ipynb #123b87bb
-from .toyworld import TOYWORLD_VERSION, make_toy_agiqa, agiqa_statistics, REAL_AGIQA3K_STATISTICS
+from .toyworld import TOYWORLD_VERSION, make_toy_agiqa
 
 # %% ../nbs/00_data.ipynb #c7a45dc8
 def _umask():

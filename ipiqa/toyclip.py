@@ -15,6 +15,7 @@ from open_clip.loss import ClipLoss
 from fastcore.script import call_parse
 from tqdm.auto import tqdm
 
+from .baselines import clip_text_features, cosine
 from .data import atomic_write
 from .model import clip_normalize, encode_text, load_clip
 from .toyworld import captioned_corpus
@@ -94,10 +95,8 @@ def toy_clip_state(path):
 @torch.no_grad()
 def clip_similarity(clip, tokenizer, images, texts, batch_size=256):
     "Cosine similarity (images × texts) under `clip`."
-    enc = lambda f, xs: torch.cat([F.normalize(f(x), dim=-1) for x in torch.split(xs, batch_size)])
-    img = enc(lambda x: clip.encode_image(clip_normalize(x)), images)
-    txt = enc(lambda t: encode_text(clip, t), tokenizer(list(texts)))
-    return img @ txt.T
+    img = torch.cat([clip.encode_image(clip_normalize(x)).float().cpu() for x in torch.split(images, batch_size)])
+    return cosine(img, clip_text_features(clip, tokenizer, texts, batch_size), pairwise=False)
 
 def retrieval_accuracy(sim, ks=(8, 64, 512)):
     "Top-1 image→text and text→image accuracy among the first k pairs of the square similarity `sim`."
