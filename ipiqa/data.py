@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #823bb2fb
 from __future__ import annotations
-import atexit, os, json, shutil, tempfile
+import atexit, os, json, random, shutil, tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,22 +13,27 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from scipy.io import loadmat, savemat
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns', 'require_numeric',
-           'require_images', 'finish_set', 'read_agiqa3k', 'agiqa1k_group', 'read_agiqa1k', 'atomic_write',
-           'atomic_write_csv', 'atomic_write_json', 'has_work', 'check_run_config', 'project_root', 'at_root',
-           'run_folder', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices', 'load_images', 'dataset_images']
+__all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'AIGCIQA2023_GENERATORS', 'AIGCIQA2023_FILES', 'AIGCIQA2023_PROMPTS',
+           'AIGCIQA2023_PER_PROMPT', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns', 'require_numeric',
+           'require_images', 'finish_set', 'read_agiqa3k', 'agiqa1k_group', 'read_agiqa1k', 'aigciqa2023_layout',
+           'read_aigciqa2023', 'write_toy_aigciqa2023', 'atomic_write', 'atomic_write_csv', 'atomic_write_json',
+           'has_work', 'check_run_config', 'project_root', 'at_root', 'run_folder', 'ensure_toy', 'load_dataset',
+           'group_splits', 'split_indices', 'authors_splits', 'load_images', 'dataset_images', 'image_sizes',
+           'NativeImages', 'native_images']
 
 # %% ../nbs/00_data.ipynb #10a0e1a6
 @dataclass
 class AGIQASet:
-    "An AGIQA dataset: `table` has `name, prompt, group` and one column per name in `targets`."
+    "An AGIQA dataset: `table` has `name, prompt, group` and one column per name in `targets`, MOS on the scale `score_range`."
     name: str
     table: pd.DataFrame
     targets: list
     image_dir: Path
+    score_range: tuple = (0.0, 5.0)
     _images: dict = field(default_factory=dict, repr=False)
 
     def __len__(self): return len(self.table)
@@ -106,6 +111,72 @@ def read_agiqa1k(data_dir, image_dir=None, name='agiqa1k'):
     table.insert(2, 'group', table['prompt'].map(agiqa1k_group))
     return finish_set(name, table, ['mos'], image_dir or Path(data_dir)/'images', file)
 
+# %% ../nbs/00_data.ipynb #6690f29d
+AIGCIQA2023_GENERATORS = ('Controlnet', 'DALLE', 'Glide', 'Lafite', 'stable-diffusion', 'Unidiffuser')
+AIGCIQA2023_FILES = dict(mos_quality='mosz1.mat', mos_align='mosz3.mat', mos_authenticity='mosz2.mat')
+AIGCIQA2023_PROMPTS, AIGCIQA2023_PER_PROMPT = 100, 4
+
+def aigciqa2023_layout():
+    "One row per AIGCIQA2023 image in release order: `name` ('{n}.png'), `group` (prompt index) and `generator`."
+    per_gen = AIGCIQA2023_PROMPTS * AIGCIQA2023_PER_PROMPT
+    n = np.arange(len(AIGCIQA2023_GENERATORS) * per_gen)
+    return pd.DataFrame(dict(name=[f'{i}.png' for i in n], group=[f'p{i:03d}' for i in n % per_gen // AIGCIQA2023_PER_PROMPT],
+                             generator=np.array(AIGCIQA2023_GENERATORS)[n // per_gen]))
+
+# %% ../nbs/00_data.ipynb #e78f92b7
+def _mat_value(x): return np.asarray(x).squeeze().tolist()  # a MATLAB cell array holds one small array per entry
+
+def _mat_number(x):
+    try: return float(_mat_value(x))
+    except (TypeError, ValueError): return np.nan
+
+def _read_mosz(file, n):
+    "The `MOSz` column of MATLAB file `file` as `n` floats; fails naming the problem and the images it concerns."
+    if not file.is_file(): raise DatasetError(f"{file}: AIGCIQA2023 score file not found")
+    try: m = loadmat(file)
+    except Exception as e: raise DatasetError(f"{file}: not a readable MATLAB file ({type(e).__name__}: {e})")
+    if 'MOSz' not in m: raise DatasetError(f"{file}: no 'MOSz' array; the file holds {[k for k in m if not k.startswith('__')]}")
+    raw = np.asarray(m['MOSz'])
+    if raw.size != n or raw.squeeze().ndim != 1:
+        raise DatasetError(f"{file}: 'MOSz' must hold {n} values, one per image; found an array of shape {raw.shape}")
+    raw = raw.reshape(-1)
+    v = np.array([_mat_number(x) for x in raw])
+    bad = np.flatnonzero(~np.isfinite(v))
+    if len(bad): _fail(file, "'MOSz' must be a finite number for every image", [f"{i}.png={_mat_value(raw[i])!r}" for i in bad])
+    return v
+
+def _read_prompts(file, n):
+    "The `n` lines of text file `file`, line i being prompt i."
+    file = Path(file)
+    if not file.is_file(): raise DatasetError(f"{file}: prompt file not found")
+    lines = [l.strip() for l in file.read_text(encoding='utf-8').splitlines()]
+    if len(lines) != n: raise DatasetError(f"{file}: expected exactly {n} lines (line i = prompt i), found {len(lines)}")
+    empty = [f"line {i+1}" for i, l in enumerate(lines) if not l]
+    if empty: _fail(file, 'empty prompt line(s)', empty)
+    return lines
+
+# %% ../nbs/00_data.ipynb #040f1f3b
+def read_aigciqa2023(data_dir, image_dir=None, name='aigciqa2023', prompts=None):
+    "Read AIGCIQA2023's `mosz1.mat`..`mosz3.mat` from `data_dir`; images default to `data_dir/allimg`; prompt texts from the 100-line file `prompts`."
+    data_dir, table = Path(data_dir), aigciqa2023_layout()
+    texts = _read_prompts(prompts, AIGCIQA2023_PROMPTS) if prompts is not None else [''] * AIGCIQA2023_PROMPTS
+    table.insert(1, 'prompt', [texts[int(g[1:])] for g in table['group']])
+    for col, f in AIGCIQA2023_FILES.items(): table[col] = _read_mosz(data_dir/f, len(table))
+    ds = finish_set(name, table, ['mos_quality', 'mos_align'], image_dir or data_dir/'allimg', data_dir)
+    ds.score_range = (0.0, 100.0)
+    return ds
+
+# %% ../nbs/00_data.ipynb #62874adb
+def write_toy_aigciqa2023(out_dir, seed=0, size=16):
+    "Write a toy AIGCIQA2023 in the release's format (`mosz1..3.mat`, `allimg/{n}.png`, `size`² px) to `out_dir`."
+    out_dir, n = Path(out_dir), len(aigciqa2023_layout())
+    (out_dir/'allimg').mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for f in ('mosz1.mat', 'mosz2.mat', 'mosz3.mat'): savemat(out_dir/f, {'MOSz': rng.uniform(20, 80, (n, 1))})
+    pix = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    for i in range(n): Image.fromarray(pix[i]).save(out_dir/'allimg'/f'{i}.png', compress_level=1)
+    return out_dir
+
 # %% ../nbs/00_data.ipynb #123b87bb
 from .toyworld import TOYWORLD_VERSION, make_toy_agiqa
 
@@ -166,7 +237,7 @@ def run_folder(out_dir, default):
     return at_root(out_dir or Path('outputs')/default)
 
 # %% ../nbs/00_data.ipynb #15881025
-DATASETS = ('toy', 'agiqa1k', 'agiqa3k')
+DATASETS = ('toy', 'agiqa1k', 'agiqa3k', 'aigciqa2023')
 
 def ensure_toy(data_dir=None):
     "The toy set's folder, written there first if it is not there yet."
@@ -179,11 +250,13 @@ def ensure_toy(data_dir=None):
         except OSError: shutil.rmtree(tmp)  # another process got there first
     return data_dir
 
-def load_dataset(dataset, data_dir=None, image_dir=None):
-    "Load `dataset` (one of `DATASETS`) from `data_dir`, images from `image_dir` (default `data_dir/images`)."
+def load_dataset(dataset, data_dir=None, image_dir=None, prompts=None):
+    "Load `dataset` (one of `DATASETS`) from `data_dir`, images from `image_dir` (default: the release's image folder)."
     if dataset not in DATASETS: raise DatasetError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if prompts is not None and dataset != 'aigciqa2023': raise DatasetError(f"prompts= is for aigciqa2023 only; {dataset!r} carries its prompts")
     if dataset == 'toy': return read_agiqa3k(ensure_toy(data_dir), image_dir, name='toy')
     if data_dir is None: raise DatasetError(f"dataset {dataset!r} needs data_dir: the folder with its metadata file")
+    if dataset == 'aigciqa2023': return read_aigciqa2023(data_dir, image_dir, prompts=prompts)
     return (read_agiqa3k if dataset == 'agiqa3k' else read_agiqa1k)(data_dir, image_dir)
 
 # %% ../nbs/00_data.ipynb #1744c1d1
@@ -208,6 +281,20 @@ def split_indices(splits, table, split, part):
     names = set(s.loc[s['part'] == part, 'name'])
     return np.flatnonzero(table['name'].isin(names).to_numpy())
 
+# %% ../nbs/00_data.ipynb #b5634a8e
+def authors_splits(table, n_splits=10, seed=10, train_frac=0.8):
+    "CLIP-AGIQA's splits of `table` by `group`: one `random.Random(seed)` reshuffles a list of sorted-group positions before each split."
+    groups = sorted(table['group'].unique())
+    n_train = round(train_frac * len(groups))
+    if not 0 < n_train < len(groups): raise ValueError(f"train_frac={train_frac} leaves no train or no test group of {len(groups)}")
+    rng, order, out = random.Random(seed), list(range(len(groups))), []
+    for i in range(n_splits):
+        rng.shuffle(order)  # in place: split i shuffles the order split i-1 left
+        part = pd.Series('test', index=groups)
+        part.iloc[order[:n_train]] = 'train'
+        out.append(pd.DataFrame(dict(split=i, name=table['name'], part=table['group'].map(part).to_numpy())))
+    return pd.concat(out, ignore_index=True)
+
 # %% ../nbs/00_data.ipynb #3586d413
 def _read_rgb(path, size):
     with Image.open(path) as im:
@@ -231,3 +318,54 @@ def dataset_images(ds: AGIQASet, size, num_workers=4):
     "The decoded images of `ds` at `size`, computed on first use and kept on the dataset."
     if size not in ds._images: ds._images[size] = load_images(ds.paths(), size, num_workers)
     return ds._images[size]
+
+# %% ../nbs/00_data.ipynb #aa6042cb
+def _unreadable(path, e): return f"{path} ({type(e).__name__}: {e})"
+
+def image_sizes(paths):
+    "(height, width) of each image in `paths`, from its header only. Fails naming every unreadable file."
+    out, bad = [], []
+    for p in paths:
+        try:
+            with Image.open(p) as im: out.append(im.size[::-1])
+        except Exception as e: bad.append(_unreadable(p, e))
+    if bad: _fail('images', 'unreadable image file(s)', sorted(bad))
+    return out
+
+def _decode(path):
+    with Image.open(path) as im: return torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1).contiguous()
+
+class NativeImages:
+    "Images at native size: `self[i]` is a `uint8` tensor (3, H, W); held in memory when `images` is given, else decoded on each access."
+    def __init__(self, paths, sizes, images=None): self.paths, self.sizes, self._images = list(paths), list(sizes), images
+    @property
+    def cached(self): return self._images is not None
+    def __len__(self): return len(self.paths)
+    def __repr__(self): return f"NativeImages({len(self)} images, {'in memory' if self.cached else 'decoded on access'})"
+    def __getitem__(self, i):
+        if self.cached: return self._images[i]
+        try: return _decode(self.paths[i])
+        except Exception as e: _fail('images', 'unreadable image file', [_unreadable(self.paths[i], e)])
+
+# %% ../nbs/00_data.ipynb #373e816e
+def _free_memory(): return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+
+def native_images(ds: AGIQASet, max_bytes=None, num_workers=4):
+    "`ds`'s images at native size: decoded once and kept on `ds` if they fit in `max_bytes` (default: half the free memory), else decoded on access."
+    if 'native' in ds._images: return ds._images['native']
+    paths = ds.paths(); sizes = image_sizes(paths)
+    need, limit = sum(3*h*w for h, w in sizes), _free_memory() // 2 if max_bytes is None else max_bytes
+    if need > limit:
+        print(f"native_images: the {len(paths)} images of {ds.name} need {need/1e9:.2f} GB decoded, more than the {limit/1e9:.2f} GB "
+              f"allowed; falling back to decoding each image on every access (slower). To keep them in memory, "
+              f"call native_images(ds, max_bytes=...) with max_bytes of at least {need}")
+        return NativeImages(paths, sizes)
+    imgs, bad = [None] * len(paths), []
+    def work(i):
+        try: imgs[i] = _decode(paths[i])
+        except Exception as e: bad.append(_unreadable(paths[i], e))
+    with ThreadPoolExecutor(max(1, num_workers)) as ex:
+        list(tqdm(ex.map(work, range(len(paths))), total=len(paths), desc='decoding images at native size', leave=False))
+    if bad: _fail('images', 'unreadable image file(s)', sorted(bad))
+    ds._images['native'] = NativeImages(paths, sizes, imgs)
+    return ds._images['native']
