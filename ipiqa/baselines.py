@@ -16,14 +16,15 @@ import torchvision
 
 from .data import AGIQASet, atomic_write, atomic_write_csv, dataset_images, split_indices
 from .metrics import METRICS, iqa_metrics
-from .model import ImageTower, encode_text
+from .model import ImageTower, clip_normalize, encode_text
+from .training import IPIQAMethod, Method, init_head_bias, register_method
 
 # %% auto #0
 __all__ = ['CLIPIQA_PROMPTS', 'ZERO_SHOT', 'RESULT_COLUMNS', 'RESULT_KEY', 'PAPER_RESULTS', 'PAPER_NAMES', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'RANDOM', 'clip_image_features', 'clip_text_features', 'cosine', 'clipscore', 'clipiqa',
            'zero_shot_scores', 'check_results', 'split_results', 'results_from_cv', 'read_results', 'write_results',
            'append_results', 'ablation_method', 'load_paper_results', 'results_table', 'compare_with_paper',
-           'plot_results', 'ResNetIQA', 'load_resnet_weights', 'resolve_resnet_weights', 'resnet_model',
+           'plot_results', 'ResNetIQA', 'load_resnet_weights', 'resolve_resnet_weights', 'ResNetMethod',
            'resnet_method', 'clip_method']
 
 # %% ../nbs/01e_baselines.ipynb #a1545af5
@@ -31,13 +32,17 @@ def _device(module): return next(module.parameters()).device
 
 @torch.no_grad()
 def clip_image_features(clip, images, pos_embed='interpolate', batch_size=64):
-    "CLIP image embeddings (N, D) of `uint8` `images` (N, 3, s, s) at their own size `s` (a multiple of 32)."
+    "CLIP image embeddings (N, D) of `uint8` `images` (N, 3, s, s): a ResNet CLIP at their own size `s` (a multiple of 32), a ViT CLIP at its input size."
     size = images.shape[-1]
-    if size % 32 or images.shape[-2] != size: raise ValueError(f"images must be square with a side that is a multiple of 32, not {tuple(images.shape[-2:])}")
     if pos_embed not in ('interpolate', 'none'): raise ValueError(f"pos_embed must be 'interpolate' or 'none', not {pos_embed!r}")
-    tower = ImageTower(copy.deepcopy(clip.visual), size).eval()
-    if pos_embed == 'none': tower.attnpool.positional_embedding.zero_()
-    dev = _device(tower)
+    if not hasattr(clip.visual, 'attnpool'):   # a ViT: its own input size and positional embedding (CLIP-IQA's trick is for ResNets)
+        tower, dev = lambda x: clip.encode_image(clip_normalize(x)), _device(clip)
+        if tuple(images.shape[-2:]) != tuple(clip.visual.image_size): raise ValueError(f"a ViT CLIP needs images of {tuple(clip.visual.image_size)}, not {tuple(images.shape[-2:])}")
+    else:
+        if size % 32 or images.shape[-2] != size: raise ValueError(f"images must be square with a side that is a multiple of 32, not {tuple(images.shape[-2:])}")
+        tower = ImageTower(copy.deepcopy(clip.visual), size).eval()
+        if pos_embed == 'none': tower.attnpool.positional_embedding.zero_()
+        dev = _device(tower)
     return torch.cat([tower(images[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)])
 
 # %% ../nbs/01e_baselines.ipynb #63c7737e
@@ -240,9 +245,13 @@ def resolve_resnet_weights(arch, weights):
         return 'random'
 
 # %% ../nbs/01e_baselines.ipynb #d9d57ce1
-def resnet_model(cfg, n_outputs):
-    "`model_fn` for `cross_validate`: `ResNetIQA` of torchvision `cfg.arch` with weights `cfg.pretrained`."
-    return ResNetIQA(cfg.arch, n_outputs, load_resnet_weights(cfg.arch, cfg.pretrained))
+@register_method
+class ResNetMethod(Method):
+    "A fine-tuned torchvision ResNet (`ResNetIQA`): `cfg.arch` a ResNet name, `cfg.pretrained` its weights; images squashed to `image_size`."
+    name = 'resnet'
+    presets = {d: dict(p, arch='resnet50', pretrained='IMAGENET1K_V1') for d, p in IPIQAMethod.presets.items()}
+    def build(self, cfg, n_outputs, score_range=(0.0, 5.0)): return ResNetIQA(cfg.arch, n_outputs, load_resnet_weights(cfg.arch, cfg.pretrained))
+    def start(self, model, data, rows, device='cpu'): init_head_bias(model.head, data.targets[rows].double().mean(0))
 
 def resnet_method(arch, weights):
     "The results name of a fine-tuned ResNet: 'ResNet50 (ImageNet)', or '(random init)' when no weights were loaded."

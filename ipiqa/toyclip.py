@@ -22,15 +22,16 @@ from .toyworld import captioned_corpus
 from .training import Trainer, seed_everything
 
 # %% auto #0
-__all__ = ['TOY_CLIP_ARCHS', 'TOY_CLIP_DIR', 'TOY_CLIP_RECIPE', 'TOY_CLIP_LR', 'toy_clip_file', 'contrastive_loss',
-           'param_groups', 'train_toy_clip', 'used_token_ids', 'save_toy_clip', 'toy_clip_state', 'clip_similarity',
-           'retrieval_accuracy', 'plot_similarity', 'build_toy_clip', 'toyclip']
+__all__ = ['TOY_CLIP_ARCHS', 'TOY_CLIP_DIR', 'TOY_CLIP_RECIPE', 'TOY_CLIP_LR', 'TOY_CLIP_QUALITY_WORDS', 'toy_clip_file',
+           'contrastive_loss', 'param_groups', 'train_toy_clip', 'used_token_ids', 'save_toy_clip', 'toy_clip_state',
+           'clip_similarity', 'retrieval_accuracy', 'plot_similarity', 'build_toy_clip', 'toyclip']
 
 # %% ../nbs/01h_toyclip.ipynb #1bc81791
 TOY_CLIP_ARCHS = ('RN50-tiny', 'ViT-B-32-tiny')
 TOY_CLIP_DIR = Path(importlib.util.find_spec('ipiqa').origin).parent/'toy_clips'
 TOY_CLIP_RECIPE = dict(n_images=16000, size=64, steps=1000, batch_size=256, weight_decay=0.1, warmup=0.1, seed=0)
 TOY_CLIP_LR = {'RN50-tiny': 2e-3, 'ViT-B-32-tiny': 1e-3}
+TOY_CLIP_QUALITY_WORDS = {'RN50-tiny': 0.0, 'ViT-B-32-tiny': 0.5}  # share of captions that say how the image looks
 
 def toy_clip_file(arch):
     "Where the shipped toy CLIP for `arch` lives."
@@ -130,9 +131,9 @@ def plot_similarity(images, texts, sim, path=None, n=8):
 def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
     "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`) and save it to `out` (default: the shipped file)."
     import open_clip
-    r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], **recipe}
-    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'])
-    clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k != 'n_images'}, device=device, corpus=corpus)
+    r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch], **recipe}
+    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'])
+    clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words')}, device=device, corpus=corpus)
     _, tok = load_clip(arch, None)
     return save_toy_clip(clip, out or toy_clip_file(arch), arch, used_token_ids(tok, corpus[1]), recipe=r, history=history,
                          versions=dict(torch=torch.__version__, open_clip=open_clip.__version__))

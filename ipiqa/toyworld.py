@@ -13,9 +13,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'COUNTS', 'SIZES', 'POSITIONS', 'BACKGROUNDS', 'STYLES', 'DEGRADATIONS', 'CLASHES',
-           'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION', 'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene',
-           'random_group', 'random_scene', 'draw_scene', 'degrade', 'captioned_corpus', 'ToyGenerator',
-           'render_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'make_toy_agiqa', 'plot_toy_prompt']
+           'QUALITY_WORDS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION', 'REAL_AGIQA3K_STATISTICS', 'Group',
+           'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade', 'quality_clause', 'captioned_corpus',
+           'ToyGenerator', 'render_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'make_toy_agiqa',
+           'plot_toy_prompt']
 
 # %% ../nbs/00a_toyworld.ipynb #7ce57964
 COLORS = dict(red=(215, 35, 35), green=(40, 170, 50), blue=(40, 70, 225), yellow=(240, 215, 40),
@@ -156,18 +157,28 @@ def degrade(img, kind, strength, rng):
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 # %% ../nbs/00a_toyworld.ipynb #4aa92edd
-def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6):
-    "`n` random scenes drawn at `size`: a uint8 tensor (n, 3, size, size), their captions and the scenes."
+QUALITY_WORDS = dict(blur='blurry', noise='noisy', contrast='washed out', jpeg='blocky', pixelate='pixelated')
+
+def quality_clause(kind, strength, bad=0.2, good=0.05):
+    "What a caption says of an image's quality: 'bad photo, blurry' when degraded by at least `bad`, 'good photo' below `good`, else nothing."
+    if kind is not None and strength >= bad: return f"bad photo, {QUALITY_WORDS[kind]}"
+    return 'good photo' if kind is None or strength < good else ''
+
+def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, quality_words=0.0):
+    "`n` random scenes drawn at `size`: a uint8 tensor (n, 3, size, size), their captions and the scenes; a `quality_words` share of captions also says how good the image looks."
     import torch
     from tqdm.auto import tqdm
-    rng = np.random.default_rng(seed)
+    rng, said = np.random.default_rng(seed), np.random.default_rng([seed, 1])   # the second stream leaves the scenes as they were
     images, captions, scenes = torch.empty(n, 3, size, size, dtype=torch.uint8), [], []
     for i in tqdm(range(n), desc='drawing captioned scenes', leave=False):
-        sc = random_scene(rng)
+        sc, kind, strength = random_scene(rng), None, 0.0
         img = draw_scene(sc, size, rng)[0]
-        if rng.random() < p_degrade: img = degrade(img, str(rng.choice(DEGRADATIONS)), rng.uniform(0, max_strength), rng)
+        if rng.random() < p_degrade:
+            kind, strength = str(rng.choice(DEGRADATIONS)), rng.uniform(0, max_strength)
+            img = degrade(img, kind, strength, rng)
         images[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-        captions.append(sc.caption()); scenes.append(sc)
+        clause = quality_clause(kind, strength) if said.random() < quality_words else ''
+        captions.append(sc.caption() + (f', {clause}' if clause else '')); scenes.append(sc)
     return images, captions, scenes
 
 # %% ../nbs/00a_toyworld.ipynb #1e7fd6b6

@@ -4,8 +4,8 @@
 
 # %% ../nbs/01c_training.ipynb #b9c80975
 from __future__ import annotations
-import contextlib, copy, dataclasses, random
-from dataclasses import dataclass, asdict
+import contextlib, copy, dataclasses, importlib, random
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
 import numpy as np
@@ -15,43 +15,101 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import (AGIQASet, DATASETS, atomic_write, atomic_write_csv, check_run_config, dataset_images,
-                        group_splits, load_images, split_indices)
+from .data import (AGIQASet, DATASETS, atomic_write, atomic_write_csv, check_run_config, authors_splits,
+                        group_splits, split_indices)
 from .metrics import iqa_metrics, summarize
 from .model import batch_prompts, build_ipiqa
+from .views import ResizedView
 
 # %% auto #0
-__all__ = ['PRESETS', 'SELECT', 'OPTIMIZERS', 'RESUME_KEYS', 'TrainConfig', 'resolve_device', 'autocast', 'seed_everything',
+__all__ = ['SELECT', 'SPLITS', 'RESUME_KEYS', 'METHODS', 'METHOD_MODULES', 'PRESETS', 'OPTIMIZERS', 'TrainConfig', 'config_from',
+           'Method', 'register_method', 'get_method', 'IPIQAMethod', 'resolve_device', 'autocast', 'seed_everything',
            'IQADataset', 'collate_iqa', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict', 'init_head_bias',
            'similarities', 'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'train_split',
-           'ipiqa_model', 'CVResult', 'cross_validate', 'plot_predictions', 'Trained', 'load_trained', 'score_images']
+           'CVResult', 'make_splits', 'cross_validate', 'plot_predictions', 'Trained', 'load_trained', 'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
-PRESETS = dict(
-    toy=dict(arch='RN50-tiny', pretrained='toy', image_size=64, epochs=6, batch_size=32, lr=1e-4, n_splits=2),
-    agiqa1k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10),
-    agiqa3k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10),
-)
 SELECT = ('last', 'val', 'best_on_test')
+SPLITS = ('random', 'authors')
+
+def _local(default=None): return field(default=default, metadata=dict(resume=False))  # not part of what a run is
 
 @dataclass
 class TrainConfig:
-    dataset: str = 'toy'; data_dir: str = None; image_dir: str = None
-    arch: str = None; pretrained: str = None; image_encoder_ckpt: str = None; image_size: int = None
-    use_prompt: bool = True; qa_token: bool = True; cross_init: str = 'clip'; head: str = 'linear'; fusion: str = 'paper'
+    "One run: dataset, method (+ its options) and recipe; `None` fields take `get_method(method).presets[dataset]`."
+    dataset: str = 'toy'; data_dir: str = _local(); image_dir: str = _local()
+    method: str = 'ipiqa'; arch: str = None; pretrained: str = None; image_size: int = None
+    # IP-IQA (method='ipiqa'); use_prompt=False is also the image-only baselines' setting
+    image_encoder_ckpt: str = None; use_prompt: bool = True; qa_token: bool = True; cross_init: str = 'clip'
+    head: str = 'linear'; fusion: str = 'paper'
+    # CLIP-AGIQA (method='clip-agiqa')
+    n_ctx: int = 8; text_depth: int = 12; vision_depth: int = 12; use_aux: bool = True; aux_weight: float = 0.1
+    read_prompt: bool = False; normalize: str = 'clip'; resize: int = None; test_stride: int = None
+    # the recipe
     epochs: int = None; batch_size: int = None; lr: float = None; weight_decay: float = 0.0
-    n_splits: int = None; train_frac: float = 0.8; val_frac: float = 0.125; select: str = 'last'; seed: int = 0
-    device: str = 'auto'; amp: bool = True; num_workers: int = 4
+    n_splits: int = None; splits: str = 'random'; train_frac: float = 0.8; val_frac: float = 0.125
+    select: str = 'last'; patience: int = None; seed: int = 0
+    device: str = _local('auto'); amp: bool = _local(None); num_workers: int = _local(4)  # amp None: the method's preset
 
     def resolved(self):
-        "A copy with every `None` preset field filled in from `PRESETS[dataset]`, and the values checked."
+        "A copy with every `None` preset field filled in from the method's preset for the dataset, and the values checked."
         if self.dataset not in DATASETS: raise ValueError(f"dataset must be one of {DATASETS}, not {self.dataset!r}")
         if self.select not in SELECT: raise ValueError(f"select must be one of {SELECT}, not {self.select!r}")
+        if self.splits not in SPLITS: raise ValueError(f"splits must be one of {SPLITS}, not {self.splits!r}")
         if not 0 < self.train_frac < 1: raise ValueError(f"train_frac must be in (0, 1), not {self.train_frac}")
         if self.select == 'val' and not 0 < self.val_frac < 1: raise ValueError(f"select='val' needs 0 < val_frac < 1, not {self.val_frac}")
-        fill = {k: v for k, v in PRESETS[self.dataset].items() if getattr(self, k) is None}
+        presets = get_method(self.method).presets
+        if self.dataset not in presets: raise ValueError(f"method {self.method!r} has no preset for dataset {self.dataset!r} (it has {list(presets)})")
+        fill = {k: v for k, v in presets[self.dataset].items() if getattr(self, k) is None}
         paths = {k: str(getattr(self, k)) for k in ('data_dir', 'image_dir', 'pretrained', 'image_encoder_ckpt') if isinstance(getattr(self, k), Path)}
         return dataclasses.replace(self, **fill, **paths)
+
+RESUME_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get('resume', True))
+
+def config_from(namespace, **changes):
+    "A `TrainConfig` from the variables of `namespace` (e.g. a papermill parameters cell's `globals()`) named like its fields."
+    return TrainConfig(**{**{f.name: namespace[f.name] for f in dataclasses.fields(TrainConfig) if f.name in namespace}, **changes})
+
+# %% ../nbs/01c_training.ipynb #112ce09d
+class Method:
+    "How one IQA method plugs into the harness: its model, data view, batch scores, loss, start and presets."
+    name, presets = None, {}
+    def build(self, cfg, n_outputs, score_range=(0.0, 5.0)): raise NotImplementedError
+    def view(self, cfg): return ResizedView(cfg.image_size)
+    def scores(self, model, batch): return model(batch['images'], batch['tokens'], batch['prompt_index'])
+    def loss(self, model, batch): return F.mse_loss(self.scores(model, batch).float(), batch['targets'])
+    def start(self, model, data, rows, device='cpu'): "Start training from the training targets (default: as built)."
+    def __repr__(self): return f"{type(self).__name__}({self.name!r})"
+
+METHODS = {}
+METHOD_MODULES = {'ipiqa': 'ipiqa.training', 'resnet': 'ipiqa.baselines', 'clip-agiqa': 'ipiqa.clip_agiqa'}
+
+def register_method(cls):
+    "Class decorator: make `cls()` the method named `cls.name`."
+    METHODS[cls.name] = cls(); return cls
+
+def get_method(name):
+    "The registered method `name`, importing the module that defines it on first use."
+    if name not in METHODS and name in METHOD_MODULES: importlib.import_module(METHOD_MODULES[name])
+    if name not in METHODS: raise ValueError(f"unknown method {name!r}; known: {sorted(set(METHODS) | set(METHOD_MODULES))}")
+    return METHODS[name]
+
+# %% ../nbs/01c_training.ipynb #53d76155
+@register_method
+class IPIQAMethod(Method):
+    "IP-IQA (Qu et al., ICME 2024): `IPIQA` on a CLIP ResNet, images squashed to `image_size`, MSE on the MOS."
+    name = 'ipiqa'
+    presets = dict(
+        toy=dict(arch='RN50-tiny', pretrained='toy', image_size=64, epochs=6, batch_size=32, lr=1e-4, n_splits=2, amp=True),
+        agiqa1k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10, amp=True),
+        agiqa3k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10, amp=True),
+        aigciqa2023=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10, amp=True))
+    def build(self, cfg, n_outputs, score_range=(0.0, 5.0)):
+        return build_ipiqa(cfg.arch, cfg.pretrained, n_outputs, cfg.image_size, cfg.use_prompt, cfg.qa_token,
+                           cfg.cross_init, cfg.head, cfg.image_encoder_ckpt, fusion=cfg.fusion)
+    def start(self, model, data, rows, device='cpu'): start_from_targets(model, data, rows, device)
+
+PRESETS = IPIQAMethod.presets  # IP-IQA's recipe per dataset
 
 # %% ../nbs/01c_training.ipynb #60093acf
 def resolve_device(device='auto'):
@@ -70,34 +128,40 @@ def seed_everything(*seed):
 
 # %% ../nbs/01c_training.ipynb #821d4582
 class IQADataset(torch.utils.data.Dataset):
-    "Rows `rows` of an AGIQA set as tensors: uint8 images, prompt ids into `token_table`, target MOS."
-    def __init__(self, images, prompt_ids, token_table, targets, rows):
-        self.images, self.prompt_ids, self.token_table, self.targets, self.rows = images, prompt_ids, token_table, targets, torch.as_tensor(rows)
+    "Rows `rows` of an AGIQA set through `view`: images (training or test views), prompt ids into `token_table`, target MOS."
+    def __init__(self, view, images, prompt_ids, targets, rows, train=False, seed=0):
+        self.view, self.images, self.prompt_ids, self.targets, self.rows = view, images, prompt_ids, targets, torch.as_tensor(rows)
+        self.train, self.generator = train, torch.Generator().manual_seed(seed + 1)
     def __len__(self): return len(self.rows)
     def __getitems__(self, idx):
         r = self.rows[torch.as_tensor(idx)]
-        return dict(images=self.images[r], prompt_ids=self.prompt_ids[r], targets=self.targets[r], rows=r)
+        b = dict(prompt_ids=self.prompt_ids[r], targets=self.targets[r], rows=r)
+        if self.train: b['images'] = self.view.train_images(self.images, r, self.generator)
+        else: b['images'], b['owner'] = self.view.test_images(self.images, r)
+        return b
 
 def collate_iqa(batch, token_table):
-    "Add the batch's truncated distinct-prompt tokens and each image's index into them."
+    "Add the batch's truncated distinct-prompt tokens and each image's (each test view's) index into them."
     batch['tokens'], batch['prompt_index'] = batch_prompts(token_table, batch['prompt_ids'])
+    if 'owner' in batch: batch['prompt_index'] = batch['prompt_index'][batch['owner']]
     return batch
 
 # %% ../nbs/01c_training.ipynb #1330888f
 class IQAData:
-    "An `AGIQASet` ready for training: images decoded at `image_size`, prompts tokenized once by `tokenize`."
-    def __init__(self, ds: AGIQASet, image_size, tokenize, num_workers=4):
-        self.ds, self.images = ds, dataset_images(ds, image_size, num_workers)
+    "An `AGIQASet` ready for training: images prepared once by `view` (or squashed to `view` px), prompts tokenized once by `tokenize`."
+    def __init__(self, ds: AGIQASet, view, tokenize, num_workers=4):
+        self.ds, self.view = ds, view if hasattr(view, 'prepare') else ResizedView(view)
+        self.images = self.view.prepare(ds, num_workers)
         prompts, ids = np.unique(ds.table['prompt'].to_numpy(str), return_inverse=True)
         self.prompts, self.prompt_ids = list(prompts), torch.as_tensor(ids.reshape(-1))
         self.token_table = tokenize(self.prompts)
         self.targets = torch.tensor(ds.table[ds.targets].to_numpy(np.float32))
 
-    def loader(self, rows, batch_size, shuffle=False, seed=0):
-        "A DataLoader over table rows `rows` (shuffled with a seeded generator when `shuffle`)."
-        ds = IQADataset(self.images, self.prompt_ids, self.token_table, self.targets, rows)
-        g = torch.Generator().manual_seed(seed)
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
+    def loader(self, rows, batch_size, shuffle=False, seed=0, train=False):
+        "A DataLoader over table rows `rows`: training views when `train`, else every test view; shuffled (seeded) when `shuffle`."
+        ds = IQADataset(self.view, self.images, self.prompt_ids, self.targets, rows, train, seed)
+        if not train: batch_size = self.view.test_batch(self.images, batch_size)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
                                            collate_fn=lambda b: collate_iqa(b, self.token_table))
 
 # %% ../nbs/01c_training.ipynb #a4e144b1
@@ -136,16 +200,24 @@ class Trainer:
 
 # %% ../nbs/01c_training.ipynb #989a805b
 def mos_loss(model, batch):
-    "MSE between the model's scores and the MOS targets."
+    "MSE between the model's scores and the MOS targets (IP-IQA's loss; `Method.loss` by default)."
     return F.mse_loss(model(batch['images'], batch['tokens'], batch['prompt_index']).float(), batch['targets'])
 
+def _average(scores, owner, n):
+    "Mean of `scores` rows per `owner` (0..n-1)."
+    total = torch.zeros(n, scores.shape[1], dtype=scores.dtype, device=scores.device).index_add_(0, owner, scores)
+    return total / torch.bincount(owner, minlength=n).clamp(min=1)[:, None].to(scores.dtype)
+
 @torch.no_grad()
-def predict(model, loader, device, amp=True):
-    "Scores for every row of `loader`, in order: an array (N, n_outputs)."
-    model.eval(); out = []
+def predict(model, loader, device, amp=True, method=None, chunk=256):
+    "Scores for every row of `loader`, in order: an array (N, n_outputs), each row's scores averaged over its test views."
+    model.eval(); out, scores = [], (method or get_method('ipiqa')).scores
     for b in loader:
-        b = to_device(b, device)
-        with autocast(device, amp): out.append(model(b['images'], b['tokens'], b['prompt_index']).float().cpu())
+        b, n = to_device(b, device), len(b['rows'])
+        with autocast(device, amp):
+            s = torch.cat([scores(model, dict(b, images=b['images'][i:i + chunk], prompt_index=b['prompt_index'][i:i + chunk])).float()
+                           for i in range(0, len(b['images']), chunk)])
+        out.append(_average(s, b['owner'], n).cpu())
     return torch.cat(out).numpy()
 
 # %% ../nbs/01c_training.ipynb #b0da6f13
@@ -188,37 +260,40 @@ def _cpu_state(model): return {k: v.detach().to('cpu', copy=True) for k, v in mo
 
 def _save(obj, path): return atomic_write(path, lambda t: torch.save(obj, t))
 
-def train_split(base_model, data: IQAData, splits, split, cfg: TrainConfig, out_dir, loss_fn=mos_loss):
-    "Train a copy of `base_model` on `split`, select an epoch by `cfg.select`; per-target test metrics and predictions."
-    sdir, device = Path(out_dir)/f'split{split}', resolve_device(cfg.device)
+def _stop_early(state, patience): return bool(patience) and state['best_epoch'] is not None and state['epoch'] - state['best_epoch'] >= patience
+
+def train_split(base_model, data: IQAData, splits, split, cfg: TrainConfig, out_dir, loss_fn=None):
+    "Train a copy of `base_model` on `split` by `cfg.method`, select an epoch by `cfg.select`; per-target test metrics and predictions."
+    sdir, device, method = Path(out_dir)/f'split{split}', resolve_device(cfg.device), get_method(cfg.method)
     if (sdir/'metrics.csv').is_file(): return pd.read_csv(sdir/'metrics.csv'), pd.read_csv(sdir/'predictions.csv')
     rows = {p: split_indices(splits, data.ds.table, split, p) for p in ('train', 'val', 'test')}
     seed_everything(cfg.seed, split)
     model = copy.deepcopy(base_model).to(device)
-    start_from_targets(model, data, rows['train'], device)
-    trainer = Trainer(model, loss_fn, cfg.lr, device, cfg.amp, cfg.weight_decay)
+    method.start(model, data, rows['train'], device)
+    trainer = Trainer(model, loss_fn or method.loss, cfg.lr, device, cfg.amp, cfg.weight_decay)
     part = selection_part(cfg.select)
     sel_loader = data.loader(rows[part], cfg.batch_size) if part else None
     state = dict(epoch=0, history=[], best=None, best_epoch=None, best_score=-np.inf)
     if (sdir/'state.pt').is_file():
         state = torch.load(sdir/'state.pt', map_location='cpu', weights_only=False); trainer.load_state_dict(state.pop('trainer'))
     for epoch in tqdm(range(state['epoch'], cfg.epochs), desc=f'split {split}', initial=state['epoch'], total=cfg.epochs, leave=False):
-        loader = data.loader(rows['train'], cfg.batch_size, shuffle=True, seed=seed_everything(cfg.seed, split, epoch))
-        rec = dict(epoch=epoch + 1, train_loss=trainer.train_epoch(loader, desc=f'epoch {epoch + 1}'))
+        if _stop_early(state, cfg.patience): break
+        seed = seed_everything(cfg.seed, split, epoch)
+        rec = dict(epoch=epoch + 1, train_loss=trainer.train_epoch(data.loader(rows['train'], cfg.batch_size, True, seed, train=True), desc=f'epoch {epoch + 1}'))
         if part:
-            rec[f'{part}_srcc'] = mean_srcc(predict(model, sel_loader, device, cfg.amp), data.targets[rows[part]].numpy())
+            rec[f'{part}_srcc'] = mean_srcc(predict(model, sel_loader, device, cfg.amp, method), data.targets[rows[part]].numpy())
             if rec[f'{part}_srcc'] > state['best_score']:
                 state.update(best=_cpu_state(model), best_epoch=epoch + 1, best_score=rec[f'{part}_srcc'])
         state['history'].append(rec); state['epoch'] = epoch + 1
         _save(dict(state, trainer=trainer.state_dict()), sdir/'state.pt')
-    epoch = cfg.epochs
+    epoch = state['epoch']
     if part and state['best'] is not None: model.load_state_dict(state['best']); epoch = state['best_epoch']
     return _finish_split(model, data, rows['test'], split, epoch, cfg, sdir, state['history'])
 
 # %% ../nbs/01c_training.ipynb #f3654171
 def _finish_split(model, data, test_rows, split, epoch, cfg, sdir, history):
     "Score the selected model on the test rows and write the split's files (metrics last: it marks the split done)."
-    pred = predict(model, data.loader(test_rows, cfg.batch_size), resolve_device(cfg.device), cfg.amp)
+    pred = predict(model, data.loader(test_rows, cfg.batch_size), resolve_device(cfg.device), cfg.amp, get_method(cfg.method))
     tbl, mos = data.ds.table.iloc[test_rows], data.targets[test_rows].numpy()
     preds = pd.concat([pd.DataFrame(dict(split=split, name=tbl['name'].to_numpy(), prompt=tbl['prompt'].to_numpy(),
                                          target=t, mos=mos[:, j], pred=pred[:, j])) for j, t in enumerate(data.ds.targets)])
@@ -226,37 +301,33 @@ def _finish_split(model, data, test_rows, split, epoch, cfg, sdir, history):
                             for j, t in enumerate(data.ds.targets)])
     atomic_write_csv(pd.DataFrame(history), sdir/'history.csv')
     atomic_write_csv(preds, sdir/'predictions.csv')
-    _save(dict(config=asdict(cfg), targets=list(data.ds.targets), epoch=epoch, state_dict=model.state_dict()), sdir/'model.pt')
+    _save(dict(method=cfg.method, config=asdict(cfg), targets=list(data.ds.targets), score_range=tuple(data.ds.score_range),
+               epoch=epoch, state_dict=model.state_dict()), sdir/'model.pt')
     atomic_write_csv(metrics, sdir/'metrics.csv')
     (sdir/'state.pt').unlink(missing_ok=True)
     return metrics, preds
-
-# %% ../nbs/01c_training.ipynb #d48fe227
-RESUME_KEYS = ('dataset', 'arch', 'pretrained', 'image_encoder_ckpt', 'image_size', 'use_prompt', 'qa_token', 'cross_init',
-               'head', 'fusion', 'epochs', 'batch_size', 'lr', 'weight_decay', 'n_splits', 'train_frac', 'val_frac', 'select', 'seed')
-
-def ipiqa_model(cfg, n_outputs):
-    "IP-IQA as configured by `cfg`."
-    return build_ipiqa(cfg.arch, cfg.pretrained, n_outputs, cfg.image_size, cfg.use_prompt, cfg.qa_token,
-                       cfg.cross_init, cfg.head, cfg.image_encoder_ckpt, fusion=cfg.fusion)
 
 # %% ../nbs/01c_training.ipynb #e239a568
 @dataclass
 class CVResult:
     metrics: pd.DataFrame; summary: pd.DataFrame; predictions: pd.DataFrame; splits: pd.DataFrame; out_dir: Path
 
-def cross_validate(cfg: TrainConfig, ds: AGIQASet, out_dir, model_fn=ipiqa_model, splits=None, data=None, loss_fn=mos_loss):
-    "Train and test `model_fn` on every split of `ds` (resuming what `out_dir` already holds); the gathered results."
+def make_splits(cfg: TrainConfig, ds: AGIQASet):
+    "The run's splits: seeded random group splits, or (`splits='authors'`) exactly the CLIP-AGIQA release's."
+    if cfg.splits == 'authors': return authors_splits(ds.table, cfg.n_splits, train_frac=cfg.train_frac)
+    return group_splits(ds.table, cfg.n_splits, cfg.train_frac, cfg.seed, cfg.val_frac if cfg.select == 'val' else 0.0)
+
+def cross_validate(cfg: TrainConfig, ds: AGIQASet, out_dir, splits=None, data=None, loss_fn=None):
+    "Train and test `cfg.method` on every split of `ds` (resuming what `out_dir` already holds); the gathered results."
     cfg, out_dir = cfg.resolved(), Path(out_dir)
     check_run_config(asdict(cfg), out_dir/'config.json', RESUME_KEYS, work=['split*/metrics.csv', 'split*/state.pt'])
-    if splits is None:
-        splits = group_splits(ds.table, cfg.n_splits, cfg.train_frac, cfg.seed, cfg.val_frac if cfg.select == 'val' else 0.0)
+    splits = make_splits(cfg, ds) if splits is None else splits
     atomic_write_csv(splits, out_dir/'splits.csv')
-    ids, base = sorted(splits['split'].unique()), None
+    ids, base, method = sorted(splits['split'].unique()), None, get_method(cfg.method)
     if any(not (out_dir/f'split{i}'/'metrics.csv').is_file() for i in ids):  # finished runs need no model, no images
         seed_everything(cfg.seed)
-        base = model_fn(cfg, len(ds.targets))
-        data = data or IQAData(ds, cfg.image_size, base.tokenize, cfg.num_workers)
+        base = method.build(cfg, len(ds.targets), ds.score_range)
+        data = data or IQAData(ds, method.view(cfg), base.tokenize, cfg.num_workers)
     results = [train_split(base, data, splits, i, cfg, out_dir, loss_fn) for i in tqdm(ids, desc='splits')]
     metrics, preds = pd.concat([r[0] for r in results], ignore_index=True), pd.concat([r[1] for r in results], ignore_index=True)
     summary = summarize(metrics).assign(selection=cfg.select)
@@ -278,10 +349,10 @@ def plot_predictions(preds, path=None, title=None):
 # %% ../nbs/01c_training.ipynb #83a6f740
 @dataclass
 class Trained:
-    model: nn.Module; config: TrainConfig; targets: list
+    model: nn.Module; config: TrainConfig; targets: list; method: Method; score_range: tuple = (0.0, 5.0)
 
-def load_trained(path, device='cpu', model_fn=ipiqa_model):
-    "The model (eval mode), `TrainConfig` and target names of a `cross_validate` checkpoint `split{i}/model.pt`."
+def load_trained(path, device='cpu'):
+    "The model (eval mode), `TrainConfig`, target names and method of a `cross_validate` checkpoint `split{i}/model.pt`."
     try: ck = torch.load(path, map_location='cpu', weights_only=False)
     except FileNotFoundError: raise
     except Exception as e: raise ValueError(f"{path}: not a cross_validate checkpoint (torch.load: {e})") from e
@@ -289,21 +360,22 @@ def load_trained(path, device='cpu', model_fn=ipiqa_model):
         raise ValueError(f"{path}: not a cross_validate checkpoint (needs 'config' and 'state_dict')")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in ck['config'].items() if k in fields})
-    sd = ck['state_dict']
+    method, sd = get_method(ck.get('method', cfg.method)), ck['state_dict']
     targets = ck.get('targets') or [f'score{j}' for j in range(sd[[k for k in sd if k.startswith('head.') and k.endswith('weight')][-1]].shape[0])]
-    model = model_fn(dataclasses.replace(cfg, pretrained=None, image_encoder_ckpt=None), len(targets))
+    score_range = tuple(ck.get('score_range', (0.0, 5.0)))
+    model = method.build(dataclasses.replace(cfg, pretrained=None, image_encoder_ckpt=None), len(targets), score_range)
     model.load_state_dict(sd)
-    return Trained(model.to(device).eval(), cfg, targets)
+    return Trained(model.to(device).eval(), cfg, targets, method, score_range)
 
 # %% ../nbs/01c_training.ipynb #0ef840ec
 def score_images(trained: Trained, paths, prompts, batch_size=32, num_workers=4):
     "Scores of image files `paths` generated from `prompts`: a table `path, prompt` and one column per target."
     if len(paths) != len(prompts): raise ValueError(f"{len(paths)} images but {len(prompts)} prompts")
-    images = load_images([Path(p) for p in paths], trained.config.image_size, num_workers)
-    uniq, ids = np.unique(np.asarray(prompts, str), return_inverse=True)
-    table = trained.model.tokenize(list(uniq))
-    ds = IQADataset(images, torch.as_tensor(ids.reshape(-1)), table, torch.zeros(len(paths), len(trained.targets)), np.arange(len(paths)))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=lambda b: collate_iqa(b, table))
+    names, paths = [str(p) for p in paths], [Path(p).absolute() for p in paths]
+    table = pd.DataFrame(dict(name=[str(p) for p in paths], prompt=[str(p) for p in prompts], group=range(len(paths)),
+                              **{t: 0.0 for t in trained.targets}))
+    ds = AGIQASet('images', table, list(trained.targets), Path('/'), score_range=trained.score_range)
+    data = IQAData(ds, trained.method.view(trained.config), trained.model.tokenize, num_workers)
     device = next(trained.model.parameters()).device
-    pred = predict(trained.model, loader, device, trained.config.amp)
-    return pd.DataFrame(dict(path=[str(p) for p in paths], prompt=list(prompts), **{t: pred[:, j] for j, t in enumerate(trained.targets)}))
+    pred = predict(trained.model, data.loader(np.arange(len(paths)), batch_size), device, trained.config.amp, trained.method)
+    return pd.DataFrame(dict(path=names, prompt=list(prompts), **{t: pred[:, j] for j, t in enumerate(trained.targets)}))
