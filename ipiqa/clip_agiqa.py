@@ -82,13 +82,14 @@ QUALITY_CLASSES, ALIGNMENT_CLASSES = ('good photo', 'bad photo'), ('aligned phot
 class CLIPAGIQA(nn.Module):
     "Frozen CLIP ViT + quality prompt learner guided by an alignment prompt learner; scores (N, n_outputs) in MOS units."
     def __init__(self, clip, tokenizer, n_outputs=2, n_ctx=8, text_depth=12, vision_depth=12, use_aux=True,
-                 read_prompt=False, normalize='clip', score_range=(0.0, 5.0)):
+                 read_prompt=False, normalize='clip', score_range=(0.0, 5.0), aux_weight=0.1):
         super().__init__()
         _check_vit(clip.visual)
         if normalize not in NORMALIZE: raise ValueError(f"normalize must be one of {list(NORMALIZE)}, not {normalize!r}")
         if n_outputs not in (1, 2): raise ValueError(f"CLIP-AGIQA scores quality (and alignment): n_outputs 1 or 2, not {n_outputs}")
         if read_prompt and n_outputs < 2: raise ValueError("read_prompt=True needs an alignment target (n_outputs=2)")
         self.clip, self.tokenizer, self.n_outputs, self.n_ctx, self.read_prompt = clip.eval(), tokenizer, n_outputs, n_ctx, read_prompt
+        self.aux_weight = aux_weight                              # λ: the alignment loss's weight (read by the method's loss)
         for p in self.clip.parameters(): p.requires_grad_(False)
         learner = lambda classes: PromptLearner(clip, tokenizer, classes, n_ctx, text_depth, vision_depth)
         self.quality = learner(QUALITY_CLASSES)
@@ -146,10 +147,8 @@ class CLIPAGIQAMethod(Method):
                             batch_size=32, lr=1e-3, n_splits=2, amp=False),
                    agiqa1k=_REAL, agiqa3k=_REAL, aigciqa2023=_REAL)
     def build(self, cfg, n_outputs, score_range=(0.0, 5.0)):
-        model = CLIPAGIQA(*load_clip(cfg.arch, cfg.pretrained), n_outputs, cfg.n_ctx, cfg.text_depth, cfg.vision_depth,
-                          cfg.use_aux, cfg.read_prompt, cfg.normalize, score_range)
-        model.aux_weight = cfg.aux_weight
-        return model
+        return CLIPAGIQA(*load_clip(cfg.arch, cfg.pretrained), n_outputs, cfg.n_ctx, cfg.text_depth, cfg.vision_depth,
+                         cfg.use_aux, cfg.read_prompt, cfg.normalize, score_range, cfg.aux_weight)
     def view(self, cfg): return CropView(cfg.image_size, cfg.test_stride, flip=True, resize=cfg.resize)
     def loss(self, model, batch):
         lo, hi = model.score_range

@@ -6,7 +6,7 @@ import torch
 
 from ipiqa.attention import attention_maps, load_checkpoint, word_influence
 from ipiqa.baselines import (RESULT_COLUMNS, append_results, check_results, clipiqa, clipscore,
-                             compare_with_paper, load_paper_results, read_results, resnet_method, resnet_model,
+                             compare_with_paper, load_paper_results, read_results, resnet_method,
                              results_from_cv, split_results, zero_shot_scores)
 from ipiqa.data import dataset_images, group_splits, make_toy_agiqa, read_agiqa3k, split_indices
 from ipiqa.metrics import METRICS, iqa_metrics
@@ -96,9 +96,9 @@ def test_paper_results_are_data():
 
 
 def test_resnet50_baseline_trains_through_cross_validate(tmp_path, toy):
-    cfg = TrainConfig(arch='resnet50', pretrained='random', use_prompt=False, epochs=2, n_splits=1, image_size=64,
+    cfg = TrainConfig(method='resnet', arch='resnet50', pretrained='random', use_prompt=False, epochs=2, n_splits=1, image_size=64,
                       batch_size=8, num_workers=1)
-    cv = cross_validate(cfg, toy, tmp_path/'resnet', model_fn=resnet_model)
+    cv = cross_validate(cfg, toy, tmp_path/'resnet')
     res = results_from_cv(cv.metrics, resnet_method(cfg.arch, cfg.pretrained), 'toy')
     assert set(res['method']) == {'ResNet50 (random init)'}
     assert len(res) == 2 * len(METRICS) and np.isfinite(res['value']).all()
