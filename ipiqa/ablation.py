@@ -11,8 +11,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .baselines import ablation_method, results_from_cv
-from .data import AGIQASet, atomic_write_csv, group_splits
-from .training import TrainConfig, cross_validate
+from .data import AGIQASet, atomic_write_csv
+from .training import TrainConfig, cross_validate, make_splits
 
 # %% auto #0
 __all__ = ['ABLATION_ROWS', 'ablation_config', 'row_folder', 'trainable_parameters', 'fusion_method', 'run_ablation']
@@ -46,8 +46,7 @@ def fusion_method(fusion, row=ABLATION_ROWS[-1]):
 def run_ablation(cfg: TrainConfig, ds: AGIQASet, out_dir, image_encoder_ckpt=None, rows=ABLATION_ROWS, splits=None, fusions=()):
     "Cross-validate every row of `rows` (and full IP-IQA with each of `fusions`) on the same splits; one long results table."
     cfg, out_dir = cfg.resolved(), Path(out_dir)
-    if splits is None:
-        splits = group_splits(ds.table, cfg.n_splits, cfg.train_frac, cfg.seed, cfg.val_frac if cfg.select == 'val' else 0.0)
+    splits = make_splits(cfg, ds) if splits is None else splits
     atomic_write_csv(splits, out_dir/'splits.csv')
     runs = [(ablation_config(cfg, *r, image_encoder_ckpt), row_folder(*r), ablation_method(*r)) for r in rows]
     runs += [(dataclasses.replace(ablation_config(cfg, *ABLATION_ROWS[-1], image_encoder_ckpt), fusion=f),
