@@ -4,20 +4,21 @@
 
 # %% ../nbs/01c_training.ipynb #b9c80975
 from __future__ import annotations
-import contextlib, copy, dataclasses, importlib, random
+import argparse, contextlib, copy, dataclasses, importlib, os, random, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import (AGIQASet, DATASETS, atomic_write, atomic_write_csv, check_run_config, authors_splits,
-                        group_splits, split_indices)
-from .metrics import iqa_metrics, summarize
+                        group_splits, load_dataset, split_indices)
+from .metrics import iqa_metrics, summarize, summary_table
 from .model import batch_prompts, build_ipiqa
 from .views import ResizedView
 
@@ -26,7 +27,8 @@ __all__ = ['SELECT', 'SPLITS', 'RESUME_KEYS', 'METHODS', 'METHOD_MODULES', 'PRES
            'Method', 'register_method', 'get_method', 'IPIQAMethod', 'resolve_device', 'autocast', 'seed_everything',
            'IQADataset', 'collate_iqa', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict', 'init_head_bias',
            'similarities', 'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'train_split',
-           'CVResult', 'make_splits', 'cross_validate', 'plot_predictions', 'Trained', 'load_trained', 'score_images']
+           'CVResult', 'make_splits', 'cv_ranks', 'cross_validate', 'plot_predictions', 'cli_parser', 'main', 'Trained',
+           'load_trained', 'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 SELECT = ('last', 'val', 'best_on_test')
@@ -113,8 +115,9 @@ PRESETS = IPIQAMethod.presets  # IP-IQA's recipe per dataset
 
 # %% ../nbs/01c_training.ipynb #60093acf
 def resolve_device(device='auto'):
-    "'auto' → CUDA when available, else CPU."
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else torch.device(device)
+    "'auto' → CUDA when available, else CPU; under torchrun (`LOCAL_RANK` set) a bare `cuda` is this process's GPU, `cuda:{LOCAL_RANK}`."
+    d = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device)
+    return torch.device('cuda', int(os.environ['LOCAL_RANK'])) if d.type == 'cuda' and d.index is None and 'LOCAL_RANK' in os.environ else d
 
 def autocast(device, amp=True):
     "bf16 autocast on CUDA when `amp`; a no-op elsewhere."
@@ -317,21 +320,44 @@ def make_splits(cfg: TrainConfig, ds: AGIQASet):
     if cfg.splits == 'authors': return authors_splits(ds.table, cfg.n_splits, train_frac=cfg.train_frac)
     return group_splits(ds.table, cfg.n_splits, cfg.train_frac, cfg.seed, cfg.val_frac if cfg.select == 'val' else 0.0)
 
+def cv_ranks(device='auto'):
+    "This process's (rank, world size): an initialised process group's; torchrun's when `WORLD_SIZE` > 1, joining its group; else (0, 1)."
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get('WORLD_SIZE', 1)) == 1: return 0, 1
+    from ipiqa.image2prompt import init_distributed  # imported here: ipiqa.image2prompt imports this module
+    return init_distributed(device)[:2]
+
+def _done(out_dir, i): return (Path(out_dir)/f'split{i}'/'metrics.csv').is_file()
+
+def _await_splits(out_dir, ids, timeout=120):
+    "Wait until every split's `metrics.csv` shows here (a network filesystem may show it a little after the barrier)."
+    for _ in range(timeout):
+        if all(_done(out_dir, i) for i in ids): return
+        time.sleep(1)
+    raise RuntimeError(f"splits {[i for i in ids if not _done(out_dir, i)]} are not finished in {out_dir} although every rank is done: "
+                       "the run folder must be on a filesystem that every rank sees")
+
 def cross_validate(cfg: TrainConfig, ds: AGIQASet, out_dir, splits=None, data=None, loss_fn=None):
-    "Train and test `cfg.method` on every split of `ds` (resuming what `out_dir` already holds); the gathered results."
+    "Train and test `cfg.method` on every split of `ds` (resuming what `out_dir` holds; under torchrun rank r of N takes splits r, r+N, ...); the gathered results."
     cfg, out_dir = cfg.resolved(), Path(out_dir)
-    check_run_config(asdict(cfg), out_dir/'config.json', RESUME_KEYS, work=['split*/metrics.csv', 'split*/state.pt'])
+    rank, world = cv_ranks(cfg.device)
+    check_run_config(asdict(cfg), out_dir/'config.json', RESUME_KEYS, work=['split*/metrics.csv', 'split*/state.pt'])  # rank 0 writes
     splits = make_splits(cfg, ds) if splits is None else splits
-    atomic_write_csv(splits, out_dir/'splits.csv')
+    if rank == 0: atomic_write_csv(splits, out_dir/'splits.csv')
+    if world > 1: dist.barrier()  # every rank has checked config.json before any rank trains
     ids, base, method = sorted(splits['split'].unique()), None, get_method(cfg.method)
-    if any(not (out_dir/f'split{i}'/'metrics.csv').is_file() for i in ids):  # finished runs need no model, no images
+    mine = ids[rank::world]
+    if not all(_done(out_dir, i) for i in mine):  # finished splits need no model, no images
         seed_everything(cfg.seed)
         base = method.build(cfg, len(ds.targets), ds.score_range)
         data = data or IQAData(ds, method.view(cfg), base.tokenize, cfg.num_workers)
-    results = [train_split(base, data, splits, i, cfg, out_dir, loss_fn) for i in tqdm(ids, desc='splits')]
+    for i in tqdm(mine, desc='splits'): train_split(base, data, splits, i, cfg, out_dir, loss_fn)
+    if world > 1: dist.barrier(); _await_splits(out_dir, ids)
+    results = [train_split(base, data, splits, i, cfg, out_dir) for i in ids]  # all finished: read back from disk
     metrics, preds = pd.concat([r[0] for r in results], ignore_index=True), pd.concat([r[1] for r in results], ignore_index=True)
     summary = summarize(metrics).assign(selection=cfg.select)
-    for df, name in ((metrics, 'metrics.csv'), (summary, 'summary.csv'), (preds, 'predictions.csv')): atomic_write_csv(df, out_dir/name)
+    if rank == 0:
+        for df, name in ((metrics, 'metrics.csv'), (summary, 'summary.csv'), (preds, 'predictions.csv')): atomic_write_csv(df, out_dir/name)
     return CVResult(metrics, summary, preds, splits, out_dir)
 
 # %% ../nbs/01c_training.ipynb #9652e780
@@ -345,6 +371,44 @@ def plot_predictions(preds, path=None, title=None):
     if title: g.figure.suptitle(title, y=1.03)
     if path: atomic_write(path, lambda t: g.figure.savefig(t, dpi=110, bbox_inches='tight', format='png'))
     return g
+
+# %% ../nbs/01c_training.ipynb #70449ff4
+def _bool(s):
+    "`True`/`False` (any case; also 1/0, yes/no) as a bool."
+    v = {'true': True, '1': True, 'yes': True, 'false': False, '0': False, 'no': False}.get(str(s).lower())
+    if v is None: raise argparse.ArgumentTypeError(f"expected True or False, not {s!r}")
+    return v
+
+def cli_parser():
+    "`python -m ipiqa.training`'s options: `--out_dir` and one `--field` per `TrainConfig` field, typed by its annotation."
+    p = argparse.ArgumentParser(prog='python -m ipiqa.training', description="Cross-validate a method on a dataset (nbs/01c_training.ipynb); "
+                                "under torchrun, rank r of N trains splits r, r+N, ... and rank 0 gathers. None: the method's preset.")
+    p.add_argument('--out_dir', '--out-dir', required=True, help='run folder; run again to resume it')
+    for f in dataclasses.fields(TrainConfig):
+        names = dict.fromkeys([f'--{f.name}', f"--{f.name.replace('_', '-')}"])  # --data_dir and --data-dir
+        p.add_argument(*names, dest=f.name, type=dict(str=str, int=int, float=float, bool=_bool)[str(f.type)], default=f.default,
+                       metavar=str(f.type).upper(), help=f'default: {f.default}')
+    return p
+
+# %% ../nbs/01c_training.ipynb #a6246a82
+def main(argv=None):
+    "Cross-validate as `argv` (default: the command line) says; rank 0 prints the summary and draws `scatter.png`. The `CVResult`."
+    from ipiqa.image2prompt import finish_distributed
+    args = vars(cli_parser().parse_args(argv))
+    out_dir, cfg = args.pop('out_dir'), TrainConfig(**args)
+    try:
+        rank, ds = cv_ranks(cfg.device)[0], load_dataset(cfg.dataset, cfg.data_dir, cfg.image_dir)
+        res = cross_validate(cfg, ds, out_dir)
+        if rank == 0:
+            import matplotlib.pyplot as plt
+            plt.close(plot_predictions(res.predictions, res.out_dir/'scatter.png', title=f'{ds.name}: test predictions, all splits').figure)
+            print(f"{ds.name} | method={cfg.method} | select={cfg.select} | {res.metrics.split.nunique()} splits | run folder {out_dir}")
+            print(summary_table(res.summary).to_string())
+    finally: finish_distributed()
+    return res
+
+if __name__ == '__main__' and globals().get('__file__'):  # `python -m ipiqa.training`, not this notebook (it has no __file__)
+    import ipiqa.training; ipiqa.training.main()  # the package's module: other modules register their methods there
 
 # %% ../nbs/01c_training.ipynb #83a6f740
 @dataclass
