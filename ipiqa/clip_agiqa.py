@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from .model import load_clip
+from .model import encode_text, load_clip
 from .training import Method, register_method
 from .views import CropView
 
@@ -38,13 +38,7 @@ def prompted_image_features(visual, x, prompts=None, deep=()):
 # %% ../nbs/01i_clip_agiqa.ipynb #f083f046
 def prompted_text_features(clip, embeds, tokens, deep=()):
     "CLIP's text feature of token embeddings `embeds` (P, L, W) of `tokens` (P, L), with `deep[i]` (n, W) at positions 1..n before block i + 1."
-    n = int(tokens.argmax(-1).max()) + 1
-    x = embeds[:, :n] + clip.positional_embedding[:n].to(embeds.dtype)
-    mask = clip.attn_mask[:n, :n] if clip.attn_mask is not None else None
-    for i, block in enumerate(clip.transformer.resblocks):
-        if 0 < i <= len(deep): x = torch.cat([x[:, :1], _expand(deep[i - 1], x), x[:, 1 + len(deep[i - 1]):]], 1)
-        x = block(x, attn_mask=mask)
-    return clip.ln_final(x)[torch.arange(len(x), device=x.device), tokens[:, :n].argmax(-1)] @ clip.text_projection
+    return encode_text(clip, tokens, embeds, deep)   # ipiqa.model's one text path, deep prompts included
 
 # %% ../nbs/01i_clip_agiqa.ipynb #cb040536
 def _prompts(n, *shape): return nn.ParameterList([nn.Parameter(torch.randn(*shape) * 0.02) for _ in range(n)])

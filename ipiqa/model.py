@@ -158,11 +158,19 @@ def load_image_tower(tower, path, arch):
     return ck
 
 # %% ../nbs/01_model.ipynb #d1787694
-def encode_text(clip, tokens, token_embeds=None):
-    "CLIP's text feature (projected output at [eot]) of `tokens`, run only up to the longest [eot]; `token_embeds` replace the lookup."
+def _with_deep_prompts(clip, x, mask, deep):
+    "CLIP's text blocks on `x`, positions 1..k replaced by `deep[i]` (k, W) before block i + 1 (MaPLe-style deep prompts)."
+    for i, block in enumerate(clip.transformer.resblocks):
+        if 0 < i <= len(deep): x = torch.cat([x[:, :1], deep[i - 1].to(x.dtype)[None].expand(len(x), -1, -1), x[:, 1 + len(deep[i - 1]):]], 1)
+        x = block(x, attn_mask=mask)
+    return x
+
+def encode_text(clip, tokens, token_embeds=None, deep=()):
+    "CLIP's text feature (projected output at [eot]) of `tokens`, run only up to the longest [eot]; `token_embeds` replace the lookup, `deep` prompts enter between blocks."
     n = int(tokens.argmax(-1).max()) + 1
     x = clip.token_embedding(tokens[:, :n]) if token_embeds is None else token_embeds[:, :n]
-    x = clip.transformer(x + clip.positional_embedding[:n].to(x.dtype), attn_mask=clip.attn_mask[:n, :n])
+    x, mask = x + clip.positional_embedding[:n].to(x.dtype), clip.attn_mask[:n, :n]
+    x = _with_deep_prompts(clip, x, mask, deep) if len(deep) else clip.transformer(x, attn_mask=mask)
     return clip.ln_final(x)[torch.arange(len(x), device=x.device), tokens.argmax(-1)] @ clip.text_projection
 
 class PromptEncoder(nn.Module):

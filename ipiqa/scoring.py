@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from .baselines import CLIPIQA_PROMPTS, clipiqa, clipscore
 from .data import AGIQASet, NativeImages, atomic_write, atomic_write_csv, check_run_config
 from .model import ImageTower, PromptEncoder, _NotRandom, clip_normalize, load_clip
-from .training import (RESUME_KEYS, IQAData, Method, TrainConfig, Trained, Trainer, _save, get_method, load_trained,
-                            predict, resolve_device, seed_everything)
+from .training import (RESUME_KEYS, IQAData, Method, TrainConfig, Trained, _save, checkpoint, fit, get_method,
+                            load_trained, predict, resolve_device, seed_everything)
 from .views import CropView, ResizedView, crop_positions
 
 # %% auto #0
@@ -291,11 +291,10 @@ def __call__(self: Scorer, images, prompts=None, progress=False):
 FINAL_SPLIT = 1_000_000   # the final model is seeded as split 1,000,000 would be: apart from every cross-validation split
 FINAL_KEYS = tuple(k for k in RESUME_KEYS if k not in ('n_splits', 'splits', 'train_frac', 'val_frac', 'select', 'patience'))
 
-def _finish_final(model, ds, cfg, fdir, state):
-    "Write the final model in `_finish_split`'s checkpoint format and its history; drop the resume state."
-    atomic_write_csv(pd.DataFrame(state['history']), fdir/'history.csv')
-    _save(dict(method=cfg.method, config=asdict(cfg), targets=list(ds.targets), score_range=tuple(ds.score_range),
-               epoch=state['epoch'], state_dict=model.state_dict()), fdir/'model.pt')
+def _finish_final(model, ds, cfg, fdir, epoch, history):
+    "Write the final model in the split checkpoints' format (`checkpoint`) and its history; drop the resume state."
+    atomic_write_csv(pd.DataFrame(history), fdir/'history.csv')
+    _save(checkpoint(model, cfg, ds, epoch), fdir/'model.pt')
     (fdir/'state.pt').unlink(missing_ok=True)
     return fdir/'model.pt'
 
@@ -303,23 +302,14 @@ def _finish_final(model, ds, cfg, fdir, state):
 def train_final(cfg: TrainConfig, ds: AGIQASet, out_dir, data=None, loss_fn=None):
     "Train `cfg.method` once on every image of `ds` by `cfg`'s recipe, keeping the last epoch: `out_dir/final/model.pt` (resumable per epoch)."
     cfg = dataclasses.replace(cfg, select='last').resolved()
-    fdir, device, method, rows = Path(out_dir)/'final', resolve_device(cfg.device), get_method(cfg.method), np.arange(len(ds))
+    fdir, method, rows = Path(out_dir)/'final', get_method(cfg.method), np.arange(len(ds))
     check_run_config(asdict(cfg), fdir/'config.json', FINAL_KEYS, work=['model.pt', 'state.pt'])
     if (fdir/'model.pt').is_file(): return fdir/'model.pt'
     seed_everything(cfg.seed)
     model = method.build(cfg, len(ds.targets), ds.score_range)
     data = data or IQAData(ds, method.view(cfg), model.tokenize, cfg.num_workers)
-    seed_everything(cfg.seed, FINAL_SPLIT)
-    model = model.to(device); method.start(model, data, rows, device)
-    trainer, state = Trainer(model, loss_fn or method.loss, cfg.lr, device, cfg.amp, cfg.weight_decay), dict(epoch=0, history=[])
-    if (fdir/'state.pt').is_file():
-        state = torch.load(fdir/'state.pt', map_location='cpu', weights_only=False); trainer.load_state_dict(state.pop('trainer'))
-    for epoch in tqdm(range(state['epoch'], cfg.epochs), desc='final model', initial=state['epoch'], total=cfg.epochs, leave=False):
-        loader = data.loader(rows, cfg.batch_size, True, seed_everything(cfg.seed, FINAL_SPLIT, epoch), train=True)
-        state['history'].append(dict(epoch=epoch + 1, train_loss=trainer.train_epoch(loader, desc=f'epoch {epoch + 1}')))
-        state['epoch'] = epoch + 1
-        _save(dict(state, trainer=trainer.state_dict()), fdir/'state.pt')
-    return _finish_final(model, ds, cfg, fdir, state)
+    model, epoch, history = fit(model, data, rows, cfg, fdir, FINAL_SPLIT, loss_fn, desc='final model')   # the splits' loop
+    return _finish_final(model, ds, cfg, fdir, epoch, history)
 
 # %% ../nbs/08_scoring.ipynb #c696b639
 class UsageError(ValueError):

@@ -26,9 +26,9 @@ from .views import ResizedView
 __all__ = ['SELECT', 'SPLITS', 'RESUME_KEYS', 'METHODS', 'METHOD_MODULES', 'PRESETS', 'OPTIMIZERS', 'TrainConfig', 'config_from',
            'Method', 'register_method', 'get_method', 'IPIQAMethod', 'resolve_device', 'autocast', 'seed_everything',
            'IQADataset', 'collate_iqa', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict', 'init_head_bias',
-           'similarities', 'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'train_split',
-           'CVResult', 'make_splits', 'cv_ranks', 'cross_validate', 'plot_predictions', 'cli_parser', 'main', 'Trained',
-           'load_trained', 'score_images']
+           'similarities', 'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'fit', 'train_split',
+           'checkpoint', 'CVResult', 'make_splits', 'cv_ranks', 'cross_validate', 'plot_predictions', 'cli_parser',
+           'main', 'Trained', 'load_trained', 'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 SELECT = ('last', 'val', 'best_on_test')
@@ -265,35 +265,46 @@ def _save(obj, path): return atomic_write(path, lambda t: torch.save(obj, t))
 
 def _stop_early(state, patience): return bool(patience) and state['best_epoch'] is not None and state['epoch'] - state['best_epoch'] >= patience
 
-def train_split(base_model, data: IQAData, splits, split, cfg: TrainConfig, out_dir, loss_fn=None):
-    "Train a copy of `base_model` on `split` by `cfg.method`, select an epoch by `cfg.select`; per-target test metrics and predictions."
-    sdir, device, method = Path(out_dir)/f'split{split}', resolve_device(cfg.device), get_method(cfg.method)
-    if (sdir/'metrics.csv').is_file(): return pd.read_csv(sdir/'metrics.csv'), pd.read_csv(sdir/'predictions.csv')
-    rows = {p: split_indices(splits, data.ds.table, split, p) for p in ('train', 'val', 'test')}
-    seed_everything(cfg.seed, split)
+def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key, loss_fn=None, part=None, part_rows=None, desc=None):
+    "Train a copy of `base_model` on `train_rows` by `cfg` (resumable through `sdir/state.pt`); with a selection `part`, keep its best epoch: (model, epoch, history)."
+    device, method = resolve_device(cfg.device), get_method(cfg.method)
+    seed_everything(cfg.seed, seed_key)
     model = copy.deepcopy(base_model).to(device)
-    method.start(model, data, rows['train'], device)
+    method.start(model, data, train_rows, device)
     trainer = Trainer(model, loss_fn or method.loss, cfg.lr, device, cfg.amp, cfg.weight_decay)
-    part = selection_part(cfg.select)
-    sel_loader = data.loader(rows[part], cfg.batch_size) if part else None
+    sel_loader = data.loader(part_rows, cfg.batch_size) if part else None
     state = dict(epoch=0, history=[], best=None, best_epoch=None, best_score=-np.inf)
     if (sdir/'state.pt').is_file():
         state = torch.load(sdir/'state.pt', map_location='cpu', weights_only=False); trainer.load_state_dict(state.pop('trainer'))
-    for epoch in tqdm(range(state['epoch'], cfg.epochs), desc=f'split {split}', initial=state['epoch'], total=cfg.epochs, leave=False):
+    for epoch in tqdm(range(state['epoch'], cfg.epochs), desc=desc or f'split {seed_key}', initial=state['epoch'], total=cfg.epochs, leave=False):
         if _stop_early(state, cfg.patience): break
-        seed = seed_everything(cfg.seed, split, epoch)
-        rec = dict(epoch=epoch + 1, train_loss=trainer.train_epoch(data.loader(rows['train'], cfg.batch_size, True, seed, train=True), desc=f'epoch {epoch + 1}'))
+        seed = seed_everything(cfg.seed, seed_key, epoch)
+        rec = dict(epoch=epoch + 1, train_loss=trainer.train_epoch(data.loader(train_rows, cfg.batch_size, True, seed, train=True), desc=f'epoch {epoch + 1}'))
         if part:
-            rec[f'{part}_srcc'] = mean_srcc(predict(model, sel_loader, device, cfg.amp, method), data.targets[rows[part]].numpy())
+            rec[f'{part}_srcc'] = mean_srcc(predict(model, sel_loader, device, cfg.amp, method), data.targets[part_rows].numpy())
             if rec[f'{part}_srcc'] > state['best_score']:
                 state.update(best=_cpu_state(model), best_epoch=epoch + 1, best_score=rec[f'{part}_srcc'])
         state['history'].append(rec); state['epoch'] = epoch + 1
         _save(dict(state, trainer=trainer.state_dict()), sdir/'state.pt')
     epoch = state['epoch']
     if part and state['best'] is not None: model.load_state_dict(state['best']); epoch = state['best_epoch']
-    return _finish_split(model, data, rows['test'], split, epoch, cfg, sdir, state['history'])
+    return model, epoch, state['history']
+
+def train_split(base_model, data: IQAData, splits, split, cfg: TrainConfig, out_dir, loss_fn=None):
+    "Train a copy of `base_model` on `split` by `cfg.method`, select an epoch by `cfg.select`; per-target test metrics and predictions."
+    sdir = Path(out_dir)/f'split{split}'
+    if (sdir/'metrics.csv').is_file(): return pd.read_csv(sdir/'metrics.csv'), pd.read_csv(sdir/'predictions.csv')
+    rows = {p: split_indices(splits, data.ds.table, split, p) for p in ('train', 'val', 'test')}
+    part = selection_part(cfg.select)
+    model, epoch, history = fit(base_model, data, rows['train'], cfg, sdir, split, loss_fn, part, rows.get(part))
+    return _finish_split(model, data, rows['test'], split, epoch, cfg, sdir, history)
 
 # %% ../nbs/01c_training.ipynb #f3654171
+def checkpoint(model, cfg, ds, epoch):
+    "What a `model.pt` holds: the method, the configuration, the targets and MOS range, the epoch and the weights."
+    return dict(method=cfg.method, config=asdict(cfg), targets=list(ds.targets), score_range=tuple(ds.score_range),
+                epoch=epoch, state_dict=model.state_dict())
+
 def _finish_split(model, data, test_rows, split, epoch, cfg, sdir, history):
     "Score the selected model on the test rows and write the split's files (metrics last: it marks the split done)."
     pred = predict(model, data.loader(test_rows, cfg.batch_size), resolve_device(cfg.device), cfg.amp, get_method(cfg.method))
@@ -304,8 +315,7 @@ def _finish_split(model, data, test_rows, split, epoch, cfg, sdir, history):
                             for j, t in enumerate(data.ds.targets)])
     atomic_write_csv(pd.DataFrame(history), sdir/'history.csv')
     atomic_write_csv(preds, sdir/'predictions.csv')
-    _save(dict(method=cfg.method, config=asdict(cfg), targets=list(data.ds.targets), score_range=tuple(data.ds.score_range),
-               epoch=epoch, state_dict=model.state_dict()), sdir/'model.pt')
+    _save(checkpoint(model, cfg, data.ds, epoch), sdir/'model.pt')
     atomic_write_csv(metrics, sdir/'metrics.csv')
     (sdir/'state.pt').unlink(missing_ok=True)
     return metrics, preds
@@ -433,13 +443,8 @@ def load_trained(path, device='cpu'):
 
 # %% ../nbs/01c_training.ipynb #0ef840ec
 def score_images(trained: Trained, paths, prompts, batch_size=32, num_workers=4):
-    "Scores of image files `paths` generated from `prompts`: a table `path, prompt` and one column per target."
+    "Scores of image files `paths` generated from `prompts`: a table `path, prompt` and one column per target (`ipiqa.scoring.Scorer`)."
     if len(paths) != len(prompts): raise ValueError(f"{len(paths)} images but {len(prompts)} prompts")
-    names, paths = [str(p) for p in paths], [Path(p).absolute() for p in paths]
-    table = pd.DataFrame(dict(name=[str(p) for p in paths], prompt=[str(p) for p in prompts], group=range(len(paths)),
-                              **{t: 0.0 for t in trained.targets}))
-    ds = AGIQASet('images', table, list(trained.targets), Path('/'), score_range=trained.score_range)
-    data = IQAData(ds, trained.method.view(trained.config), trained.model.tokenize, num_workers)
-    device = next(trained.model.parameters()).device
-    pred = predict(trained.model, data.loader(np.arange(len(paths)), batch_size), device, trained.config.amp, trained.method)
-    return pd.DataFrame(dict(path=names, prompt=list(prompts), **{t: pred[:, j] for j, t in enumerate(trained.targets)}))
+    from ipiqa.scoring import Scorer    # the one scoring path; it builds on this module
+    scores = Scorer([trained], batch_size=batch_size, num_workers=num_workers)(list(paths), list(prompts))
+    return pd.concat([pd.DataFrame(dict(path=[str(p) for p in paths], prompt=list(prompts))), scores], axis=1)

@@ -21,12 +21,7 @@ from ipiqa.views import CropView
 EPOCHS, SEED, MARGIN = 1, 0, 0.075
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "The toy models' ops are tiny: two threads buy little, and run 5-10x slower than one while another process shares the cores."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 @pytest.fixture(scope='module')

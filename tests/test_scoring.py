@@ -18,12 +18,7 @@ from ipiqa.training import TrainConfig, Trainer, cross_validate
 TARGETS = ['mos_quality', 'mos_align']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Toy models: two threads buy little, and run much slower than one while another process shares the cores."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 @pytest.fixture(scope='module')
