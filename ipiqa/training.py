@@ -4,7 +4,7 @@
 
 # %% ../nbs/01c_training.ipynb #b9c80975
 from __future__ import annotations
-import argparse, contextlib, copy, dataclasses, importlib, os, random, time
+import argparse, contextlib, copy, dataclasses, importlib, os, random, time, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
@@ -25,10 +25,11 @@ from .views import ResizedView
 # %% auto #0
 __all__ = ['SELECT', 'SPLITS', 'RESUME_KEYS', 'METHODS', 'METHOD_MODULES', 'PRESETS', 'OPTIMIZERS', 'TrainConfig', 'config_from',
            'Method', 'register_method', 'get_method', 'IPIQAMethod', 'resolve_device', 'autocast', 'seed_everything',
-           'IQADataset', 'collate_iqa', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict', 'init_head_bias',
-           'similarities', 'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'fit', 'train_split',
-           'checkpoint', 'CVResult', 'make_splits', 'cv_ranks', 'cross_validate', 'plot_predictions', 'cli_parser',
-           'main', 'Trained', 'load_trained', 'score_images']
+           'IQADataset', 'collate_iqa', 'cache_on_device', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict',
+           'fast_path', 'fast_data', 'init_head_bias', 'similarities', 'start_from_targets', 'similarity_srcc',
+           'selection_part', 'mean_srcc', 'StateSaver', 'fit', 'train_split', 'checkpoint', 'CVResult', 'make_splits',
+           'cv_ranks', 'cross_validate', 'plot_predictions', 'cli_parser', 'main', 'Trained', 'load_trained',
+           'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 SELECT = ('last', 'val', 'best_on_test')
@@ -52,6 +53,9 @@ class TrainConfig:
     n_splits: int = None; splits: str = 'random'; train_frac: float = 0.8; val_frac: float = 0.125
     select: str = 'last'; patience: int = None; seed: int = 0
     device: str = _local('auto'); amp: bool = _local(None); num_workers: int = _local(4)  # amp None: the method's preset
+    # the fast path (`fast_path`): None = on for CUDA, off elsewhere; the same run within float tolerance either way
+    device_cache: bool = _local(None); channels_last: bool = _local(None); fused_adam: bool = _local(None); torch_compile: bool = _local(False)
+    save_share: float = _local(0.05)  # the resume state is saved after an epoch unless that would spend more than this share of the time
 
     def resolved(self):
         "A copy with every `None` preset field filled in from the method's preset for the dataset, and the values checked."
@@ -81,6 +85,7 @@ class Method:
     def scores(self, model, batch): return model(batch['images'], batch['tokens'], batch['prompt_index'])
     def loss(self, model, batch): return F.mse_loss(self.scores(model, batch).float(), batch['targets'])
     def start(self, model, data, rows, device='cpu'): "Start training from the training targets (default: as built)."
+    def compile(self, model): "`torch.compile` what costs (default: the whole model, in place)."; model.compile()
     def __repr__(self): return f"{type(self).__name__}({self.name!r})"
 
 METHODS = {}
@@ -110,6 +115,7 @@ class IPIQAMethod(Method):
         return build_ipiqa(cfg.arch, cfg.pretrained, n_outputs, cfg.image_size, cfg.use_prompt, cfg.qa_token,
                            cfg.cross_init, cfg.head, cfg.image_encoder_ckpt, fusion=cfg.fusion)
     def start(self, model, data, rows, device='cpu'): start_from_targets(model, data, rows, device)
+    def compile(self, model): model.image.trunk.compile()  # the ResNet trunk is the cost; the text side changes shape with every batch
 
 PRESETS = IPIQAMethod.presets  # IP-IQA's recipe per dataset
 
@@ -150,6 +156,17 @@ def collate_iqa(batch, token_table):
     return batch
 
 # %% ../nbs/01c_training.ipynb #1330888f
+def cache_on_device(images, device, free=None, share=0.5):
+    "The decoded image cache `images` moved to `device` once, unless it would take over `share` of the device's `free` bytes (default: CUDA's free memory): then it stays where it is, with a warning."
+    device = torch.device(device)
+    if not torch.is_tensor(images) or images.device == device: return images
+    if free is None and device.type == 'cuda': free = torch.cuda.mem_get_info(device)[0]
+    if free is not None and images.nbytes > share * free:
+        warnings.warn(f"the decoded images ({images.nbytes / 2**30:.2f} GiB) would take over {share:.0%} of the free memory of {device} "
+                      f"({free / 2**30:.2f} GiB): they stay in host memory and each batch is copied to {device}")
+        return images
+    return images.to(device)
+
 class IQAData:
     "An `AGIQASet` ready for training: images prepared once by `view` (or squashed to `view` px), prompts tokenized once by `tokenize`."
     def __init__(self, ds: AGIQASet, view, tokenize, num_workers=4):
@@ -159,6 +176,15 @@ class IQAData:
         self.prompts, self.prompt_ids = list(prompts), torch.as_tensor(ids.reshape(-1))
         self.token_table = tokenize(self.prompts)
         self.targets = torch.tensor(ds.table[ds.targets].to_numpy(np.float32))
+        self._on = {}
+
+    def on(self, device):
+        "This data with its image cache on `device` (`cache_on_device`), made once per device and then reused."
+        device = torch.device(device)
+        if device not in self._on:
+            moved = copy.copy(self); moved.images, moved._on = cache_on_device(self.images, device), {}
+            self._on[device] = moved
+        return self._on[device]
 
     def loader(self, rows, batch_size, shuffle=False, seed=0, train=False):
         "A DataLoader over table rows `rows`: training views when `train`, else every test view; shuffled (seeded) when `shuffle`."
@@ -174,26 +200,29 @@ def to_device(batch, device):
 OPTIMIZERS = dict(adam=torch.optim.Adam, adamw=torch.optim.AdamW)
 
 class Trainer:
-    "Adam(W) over `model`'s trainable parameters (or `param_groups`); `loss_fn(model, batch)` gives the loss of a batch."
+    "Adam(W) over `model`'s trainable parameters (or `param_groups`; `fused` picks torch's fused kernel); `loss_fn(model, batch)` gives the loss of a batch."
     def __init__(self, model, loss_fn, lr, device='cpu', amp=True, weight_decay=0.0, optimizer='adam', param_groups=None,
-                 total_steps=None, warmup=0.1):
+                 total_steps=None, warmup=0.1, fused=None):
         self.model, self.loss_fn, self.device, self.amp = model, loss_fn, torch.device(device), amp
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = OPTIMIZERS[optimizer](param_groups or self.params, lr=lr, weight_decay=weight_decay)
+        self.opt = OPTIMIZERS[optimizer](param_groups or self.params, lr=lr, weight_decay=weight_decay, **({} if fused is None else dict(fused=fused)))
         self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, lr, total_steps=total_steps, pct_start=warmup)
                       if total_steps else None)  # warm-up then cosine decay; None: constant lr (the paper's)
 
-    def step(self, batch):
+    def update(self, batch):
+        "One optimizer step on `batch`; its loss as a detached tensor, on the device (reading it would wait for the step)."
         self.model.train()
         with autocast(self.device, self.amp): loss = self.loss_fn(self.model, to_device(batch, self.device))
         self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
         if self.sched: self.sched.step()
-        return loss.item()
+        return loss.detach()
+
+    def step(self, batch): return self.update(batch).item()
 
     def train_epoch(self, loader, desc='train'):
-        "One pass over `loader`; the mean loss."
-        losses = [self.step(b) for b in tqdm(loader, desc=desc, leave=False)]
-        return float(np.mean(losses))
+        "One pass over `loader`; the mean loss, read once at the end (no wait for the device between steps)."
+        losses = [self.update(b) for b in tqdm(loader, desc=desc, leave=False)]
+        return float(torch.stack(losses).double().mean())
 
     def state_dict(self):
         return dict(model=self.model.state_dict(), opt=self.opt.state_dict(), **({'sched': self.sched.state_dict()} if self.sched else {}))
@@ -220,8 +249,20 @@ def predict(model, loader, device, amp=True, method=None, chunk=256):
         with autocast(device, amp):
             s = torch.cat([scores(model, dict(b, images=b['images'][i:i + chunk], prompt_index=b['prompt_index'][i:i + chunk])).float()
                            for i in range(0, len(b['images']), chunk)])
-        out.append(_average(s, b['owner'], n).cpu())
-    return torch.cat(out).numpy()
+        out.append(_average(s, b['owner'], n))
+    return torch.cat(out).cpu().numpy()  # one wait for the device, at the end
+
+# %% ../nbs/01c_training.ipynb #5d649bd4
+def fast_path(cfg: TrainConfig, device):
+    "Which parts of the fast path `cfg` turns on for `device`: its flags, `None` meaning on for CUDA and off elsewhere."
+    on = lambda flag: torch.device(device).type == 'cuda' if flag is None else bool(flag)
+    return dict(device_cache=on(cfg.device_cache), channels_last=on(cfg.channels_last), fused_adam=on(cfg.fused_adam),
+                compile=bool(cfg.torch_compile))
+
+def fast_data(data: IQAData, cfg: TrainConfig):
+    "`data` with its images on `cfg`'s device when the fast path caches them there (`IQAData.on`), else `data`."
+    device = resolve_device(cfg.device)
+    return data.on(device) if fast_path(cfg, device)['device_cache'] else data
 
 # %% ../nbs/01c_training.ipynb #b0da6f13
 def init_head_bias(head, means):
@@ -263,17 +304,28 @@ def _cpu_state(model): return {k: v.detach().to('cpu', copy=True) for k, v in mo
 
 def _save(obj, path): return atomic_write(path, lambda t: torch.save(obj, t))
 
+class StateSaver:
+    "Saves the resume state after an epoch when the time since the last save is at least the last save's duration / `share` (1: after every epoch)."
+    def __init__(self, path, share=0.05): self.path, self.share, self.last, self.took = path, share, time.monotonic(), 0.0
+    def __call__(self, state, force=False):
+        if not force and time.monotonic() - self.last < self.took / self.share: return False
+        t = time.monotonic(); _save(state, self.path); self.last = time.monotonic(); self.took = self.last - t
+        return True
+
 def _stop_early(state, patience): return bool(patience) and state['best_epoch'] is not None and state['epoch'] - state['best_epoch'] >= patience
 
 def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key, loss_fn=None, part=None, part_rows=None, desc=None):
     "Train a copy of `base_model` on `train_rows` by `cfg` (resumable through `sdir/state.pt`); with a selection `part`, keep its best epoch: (model, epoch, history)."
     device, method = resolve_device(cfg.device), get_method(cfg.method)
+    fast, data = fast_path(cfg, device), fast_data(data, cfg)
     seed_everything(cfg.seed, seed_key)
     model = copy.deepcopy(base_model).to(device)
+    if fast['channels_last']: model.to(memory_format=torch.channels_last)
     method.start(model, data, train_rows, device)
-    trainer = Trainer(model, loss_fn or method.loss, cfg.lr, device, cfg.amp, cfg.weight_decay)
+    trainer = Trainer(model, loss_fn or method.loss, cfg.lr, device, cfg.amp, cfg.weight_decay, fused=fast['fused_adam'] or None)
+    if fast['compile']: method.compile(model)
     sel_loader = data.loader(part_rows, cfg.batch_size) if part else None
-    state = dict(epoch=0, history=[], best=None, best_epoch=None, best_score=-np.inf)
+    state, saver = dict(epoch=0, history=[], best=None, best_epoch=None, best_score=-np.inf), StateSaver(sdir/'state.pt', cfg.save_share)
     if (sdir/'state.pt').is_file():
         state = torch.load(sdir/'state.pt', map_location='cpu', weights_only=False); trainer.load_state_dict(state.pop('trainer'))
     for epoch in tqdm(range(state['epoch'], cfg.epochs), desc=desc or f'split {seed_key}', initial=state['epoch'], total=cfg.epochs, leave=False):
@@ -285,7 +337,7 @@ def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key,
             if rec[f'{part}_srcc'] > state['best_score']:
                 state.update(best=_cpu_state(model), best_epoch=epoch + 1, best_score=rec[f'{part}_srcc'])
         state['history'].append(rec); state['epoch'] = epoch + 1
-        _save(dict(state, trainer=trainer.state_dict()), sdir/'state.pt')
+        saver(dict(state, trainer=trainer.state_dict()))
     epoch = state['epoch']
     if part and state['best'] is not None: model.load_state_dict(state['best']); epoch = state['best_epoch']
     return model, epoch, state['history']
@@ -307,7 +359,7 @@ def checkpoint(model, cfg, ds, epoch):
 
 def _finish_split(model, data, test_rows, split, epoch, cfg, sdir, history):
     "Score the selected model on the test rows and write the split's files (metrics last: it marks the split done)."
-    pred = predict(model, data.loader(test_rows, cfg.batch_size), resolve_device(cfg.device), cfg.amp, get_method(cfg.method))
+    pred = predict(model, fast_data(data, cfg).loader(test_rows, cfg.batch_size), resolve_device(cfg.device), cfg.amp, get_method(cfg.method))
     tbl, mos = data.ds.table.iloc[test_rows], data.targets[test_rows].numpy()
     preds = pd.concat([pd.DataFrame(dict(split=split, name=tbl['name'].to_numpy(), prompt=tbl['prompt'].to_numpy(),
                                          target=t, mos=mos[:, j], pred=pred[:, j])) for j, t in enumerate(data.ds.targets)])
@@ -425,8 +477,8 @@ if __name__ == '__main__' and globals().get('__file__'):  # `python -m ipiqa.tra
 class Trained:
     model: nn.Module; config: TrainConfig; targets: list; method: Method; score_range: tuple = (0.0, 5.0)
 
-def load_trained(path, device='cpu'):
-    "The model (eval mode), `TrainConfig`, target names and method of a `cross_validate` checkpoint `split{i}/model.pt`."
+def load_trained(path, device='cpu', channels_last=None):
+    "The model (eval mode; `channels_last` as in `fast_path`), `TrainConfig`, target names and method of a `cross_validate` checkpoint `split{i}/model.pt`."
     try: ck = torch.load(path, map_location='cpu', weights_only=False)
     except FileNotFoundError: raise
     except Exception as e: raise ValueError(f"{path}: not a cross_validate checkpoint (torch.load: {e})") from e
@@ -439,6 +491,7 @@ def load_trained(path, device='cpu'):
     score_range = tuple(ck.get('score_range', (0.0, 5.0)))
     model = method.build(dataclasses.replace(cfg, pretrained=None, image_encoder_ckpt=None), len(targets), score_range)
     model.load_state_dict(sd)
+    if fast_path(dataclasses.replace(cfg, channels_last=channels_last), device)['channels_last']: model.to(memory_format=torch.channels_last)
     return Trained(model.to(device).eval(), cfg, targets, method, score_range)
 
 # %% ../nbs/01c_training.ipynb #0ef840ec

@@ -11,7 +11,7 @@ from ipiqa.data import read_agiqa3k, split_indices
 from ipiqa.toyworld import make_toy_agiqa
 from ipiqa.training import TrainConfig, make_splits
 
-CFG = dict(n_splits=2, epochs=2, image_size=64, batch_size=8, num_workers=1)  # default method ipiqa on the toy CLIP
+CFG = dict(n_splits=2, epochs=2, image_size=64, batch_size=8, num_workers=1, save_share=1.0)  # default method ipiqa on the toy CLIP; state after every epoch
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'TQDM_DISABLE': '1'}
 
 # torchrun runs this instead of `-m ipiqa.training` where the test needs to count training steps or kill a rank
@@ -19,14 +19,14 @@ DRIVER = textwrap.dedent('''
     import atexit, os, signal, sys, time
     from pathlib import Path
     import ipiqa.training as T
-    rank, out, n, step = int(os.environ['RANK']), Path(sys.argv[sys.argv.index('--out_dir') + 1]), [0], T.Trainer.step
+    rank, out, n, step = int(os.environ['RANK']), Path(sys.argv[sys.argv.index('--out_dir') + 1]), [0], T.Trainer.update
     def counted(self, batch):
         n[0] += 1
         if rank == int(os.environ.get('KILL_RANK', -1)) and n[0] == int(os.environ['KILL_STEP']):
             while not (out/'split0'/'metrics.csv').is_file() or (out/'split0'/'state.pt').exists(): time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL)  # split 0 (rank 0's) is finished; this rank dies mid-split, as a killed job does
         return step(self, batch)
-    T.Trainer.step = counted
+    T.Trainer.update = counted  # every training step of an epoch goes through Trainer.update
     atexit.register(lambda: Path(os.environ['STEPS_DIR'], f'rank{rank}').write_text(str(n[0])))
     T.main()
 ''')
