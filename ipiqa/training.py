@@ -222,7 +222,7 @@ class Trainer:
     def train_epoch(self, loader, desc='train'):
         "One pass over `loader`; the mean loss, read once at the end (no wait for the device between steps)."
         losses = [self.update(b) for b in tqdm(loader, desc=desc, leave=False)]
-        return float(torch.stack(losses).double().mean())
+        return float(torch.stack(losses).double().mean()) if losses else float('nan')
 
     def state_dict(self):
         return dict(model=self.model.state_dict(), opt=self.opt.state_dict(), **({'sched': self.sched.state_dict()} if self.sched else {}))
