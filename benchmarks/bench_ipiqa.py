@@ -124,7 +124,7 @@ def side(args, size, device, authors, base_pixels, texts):
             with autocast(device, args.amp): return [model(b['images'], b['tokens'], b['prompt_index']).float().cpu() for b in batches]
     per_image = timed(score, device, max(1, args.repeat // k), warmup=1) / (k * args.batch_size)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return step, per_image, n_train, peak
+    return step, per_image, n_train, peak, [k for k, on in fast.items() if on]
 
 
 def protocol_hours(step, score_per_image, batch_size):
@@ -146,12 +146,13 @@ def main(a):
     for size in a.sizes:
         pixels = torch.randint(0, 256, (len(texts), 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(size))
         for authors in (True, False):
-            step, score, n_train, peak = side(a, size, device, authors, pixels, texts)
+            step, score, n_train, peak, parts = side(a, size, device, authors, pixels, texts)
             rows.append(dict(size=size, side="authors' release" if authors else 'ipiqa', step=step, score=score, n_train=n_train, peak=peak,
                              hours=protocol_hours(step, score, a.batch_size)))
             r = rows[-1]
             print(f"{size} px | {r['side']:<16} | train step {step * 1e3:8.1f} ms = {a.batch_size / step:7.1f} images/s | "
-                  f"scoring {1 / score:7.1f} images/s | trainable {n_train:,}" + (f" | peak {peak:.2f} GiB" if device.type == 'cuda' else ''), flush=True)
+                  f"scoring {1 / score:7.1f} images/s | trainable {n_train:,}" + (f" | peak {peak:.2f} GiB" if device.type == 'cuda' else '')
+                  + ('' if authors else f" | fast path: {', '.join(parts) or 'off'}"), flush=True)
         them, us = rows[-2], rows[-1]
         print(f"{size} px | ipiqa / authors': training {them['step'] / us['step']:.2f}x, scoring {them['score'] / us['score']:.2f}x | "
               f"AGIQA-3k protocol (10 splits x 100 epochs) projected: authors' {them['hours']:.2f} h, ipiqa {us['hours']:.2f} h", flush=True)
