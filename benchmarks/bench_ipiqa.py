@@ -18,7 +18,7 @@ the same as with OpenAI's weights) on the same uint8 images and prompts; they di
   back through the frozen text transformer; the positional embedding and text projection trainable; an MLP head;
   float images made on the host and copied to the device every step (pinned); default Adam; contiguous layout.
 """
-import argparse, itertools, logging, os, time
+import argparse, dataclasses, itertools, logging, os, time
 os.environ.setdefault('TQDM_DISABLE', '1')
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from ipiqa.model import build_ipiqa
 from ipiqa.scoring import image_set, prefill
-from ipiqa.training import IQAData, Trainer, TrainConfig, autocast, fast_path, get_method, mos_loss, predict
+from ipiqa.training import IQAData, Trainer, TrainConfig, autocast, fast_data, fast_model, fast_path, mos_loss, predict
 from ipiqa.views import ResizedView
 
 SUBJECTS = ['a girl sitting on the bench', 'a lighthouse on a cliff at dawn', 'an astronaut riding a horse on the moon',
@@ -102,15 +102,13 @@ def side(args, size, device, authors, base_pixels, texts):
     torch.manual_seed(0)
     model = build(args.arch, size, device, authors)
     cfg = TrainConfig(device=str(device), torch_compile=args.compile, **dict.fromkeys(('device_cache', 'channels_last', 'fused_adam'), args.fast))
-    fast = dict(device_cache=False, channels_last=False, fused_adam=False, compile=False) if authors else fast_path(cfg, device)
-    if fast['channels_last']: model.to(memory_format=torch.channels_last)
+    if authors: cfg = dataclasses.replace(cfg, device_cache=False, channels_last=False, fused_adam=False, torch_compile=False)
+    fast_model(model, cfg, device)
     ds = prefill(image_set(texts, ['mos_quality', 'mos_align']), ResizedView(size), base_pixels)
     data = IQAData(ds, size, model.tokenize, args.workers)
     data.targets = torch.rand(len(texts), 2) * 5
-    if fast['device_cache']: data = data.on(device)
-    rows = np.arange(len(texts))
-    trainer = Trainer(model, mos_loss, 1e-5, device, args.amp, fused=None if authors else (fast['fused_adam'] or None))
-    if fast['compile']: get_method('ipiqa').compile(model)
+    data, rows = fast_data(data, cfg), np.arange(len(texts))
+    trainer = Trainer(model, mos_loss, 1e-5, device, args.amp, fused=fast_path(cfg, device)['fused_adam'])
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     train = Batches(data, rows, args.batch_size, device, authors, True)
     step = timed(lambda: trainer.step(next(train)), device, args.repeat)
@@ -124,7 +122,7 @@ def side(args, size, device, authors, base_pixels, texts):
             with autocast(device, args.amp): return [model(b['images'], b['tokens'], b['prompt_index']).float().cpu() for b in batches]
     per_image = timed(score, device, max(1, args.repeat // k), warmup=1) / (k * args.batch_size)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return step, per_image, n_train, peak, [k for k, on in fast.items() if on]
+    return step, per_image, n_train, peak, [k for k, on in fast_path(cfg, device).items() if on]
 
 
 def protocol_hours(step, score_per_image, batch_size):

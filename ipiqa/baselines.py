@@ -22,10 +22,10 @@ from .training import IPIQAMethod, Method, init_head_bias, register_method
 # %% auto #0
 __all__ = ['CLIPIQA_PROMPTS', 'ZERO_SHOT', 'RESULT_COLUMNS', 'RESULT_KEY', 'PAPER_RESULTS', 'PAPER_NAMES', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'RANDOM', 'clip_image_features', 'clip_text_features', 'cosine', 'clipscore', 'clipiqa',
-           'zero_shot_scores', 'check_results', 'split_results', 'results_from_cv', 'read_results', 'write_results',
-           'append_results', 'ablation_method', 'load_paper_results', 'results_table', 'compare_with_paper',
-           'plot_results', 'ResNetIQA', 'load_resnet_weights', 'resolve_resnet_weights', 'ResNetMethod',
-           'resnet_method', 'clip_method']
+           'clipiqa_scores', 'zero_shot_scores', 'check_results', 'split_results', 'results_from_cv', 'read_results',
+           'write_results', 'append_results', 'ablation_method', 'load_paper_results', 'results_table',
+           'compare_with_paper', 'plot_results', 'ResNetIQA', 'load_resnet_weights', 'resolve_resnet_weights',
+           'ResNetMethod', 'resnet_method', 'clip_method']
 
 # %% ../nbs/01e_baselines.ipynb #a1545af5
 def _device(module): return next(module.parameters()).device
@@ -72,14 +72,19 @@ def clipiqa(image_features, antonym_features, logit_scale):
 # %% ../nbs/01e_baselines.ipynb #d1faa482
 ZERO_SHOT = ('CLIPScore', 'CLIPScore (w=2.5)', 'CLIP-IQA')
 
+def _native_size(clip): return clip.visual.image_size if isinstance(clip.visual.image_size, int) else clip.visual.image_size[0]
+
+def clipiqa_scores(ds: AGIQASet, clip, tokenizer, size=None, num_workers=4):
+    "CLIP-IQA of every image of `ds` (in `ds.table` order) at `size` px (default: CLIP's native size), pool positions dropped."
+    img = clip_image_features(clip, dataset_images(ds, size or _native_size(clip), num_workers), pos_embed='none')
+    return clipiqa(img, clip_text_features(clip, tokenizer, CLIPIQA_PROMPTS), clip.logit_scale.exp().item())
+
 def zero_shot_scores(ds: AGIQASet, clip, tokenizer, clipscore_size=None, clipiqa_size=None, prefix='', num_workers=4):
     "A table: `name` and one column per method in `ZERO_SHOT`, one row per image of `ds` (in `ds.table` order)."
-    native = clip.visual.image_size if isinstance(clip.visual.image_size, int) else clip.visual.image_size[0]
-    img = clip_image_features(clip, dataset_images(ds, clipscore_size or native, num_workers))
+    img = clip_image_features(clip, dataset_images(ds, clipscore_size or _native_size(clip), num_workers))
     prompts, idx = np.unique(ds.table['prompt'].to_numpy(str), return_inverse=True)
     txt = clip_text_features(clip, tokenizer, [f'{prefix} {p}'.strip() for p in prompts])[torch.as_tensor(idx.reshape(-1))]
-    iqa_img = clip_image_features(clip, dataset_images(ds, clipiqa_size or native, num_workers), pos_embed='none')
-    p = clipiqa(iqa_img, clip_text_features(clip, tokenizer, CLIPIQA_PROMPTS), clip.logit_scale.exp().item())
+    p = clipiqa_scores(ds, clip, tokenizer, clipiqa_size, num_workers)
     return pd.DataFrame({'name': ds.table['name'].to_numpy(), ZERO_SHOT[0]: clipscore(img, txt).numpy(),
                          ZERO_SHOT[1]: clipscore(img, txt, w=2.5).numpy(), ZERO_SHOT[2]: p.numpy()})
 

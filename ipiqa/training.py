@@ -26,10 +26,10 @@ from .views import ResizedView
 __all__ = ['SELECT', 'SPLITS', 'RESUME_KEYS', 'METHODS', 'METHOD_MODULES', 'PRESETS', 'OPTIMIZERS', 'TrainConfig', 'config_from',
            'Method', 'register_method', 'get_method', 'IPIQAMethod', 'resolve_device', 'autocast', 'seed_everything',
            'IQADataset', 'collate_iqa', 'cache_on_device', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict',
-           'fast_path', 'fast_data', 'init_head_bias', 'similarities', 'start_from_targets', 'similarity_srcc',
-           'selection_part', 'mean_srcc', 'StateSaver', 'fit', 'train_split', 'checkpoint', 'CVResult', 'make_splits',
-           'cv_ranks', 'cross_validate', 'plot_predictions', 'cli_parser', 'main', 'Trained', 'load_trained',
-           'score_images']
+           'fast_path', 'fast_model', 'fast_data', 'init_head_bias', 'similarities', 'start_from_targets',
+           'similarity_srcc', 'selection_part', 'mean_srcc', 'StateSaver', 'fit', 'train_split', 'checkpoint',
+           'CVResult', 'make_splits', 'cv_ranks', 'cross_validate', 'plot_predictions', 'cli_parser', 'main', 'Trained',
+           'load_trained', 'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 SELECT = ('last', 'val', 'best_on_test')
@@ -200,12 +200,12 @@ def to_device(batch, device):
 OPTIMIZERS = dict(adam=torch.optim.Adam, adamw=torch.optim.AdamW)
 
 class Trainer:
-    "Adam(W) over `model`'s trainable parameters (or `param_groups`; `fused` picks torch's fused kernel); `loss_fn(model, batch)` gives the loss of a batch."
+    "Adam(W) over `model`'s trainable parameters (or `param_groups`; `fused`: torch's fused kernel); `loss_fn(model, batch)` gives the loss of a batch."
     def __init__(self, model, loss_fn, lr, device='cpu', amp=True, weight_decay=0.0, optimizer='adam', param_groups=None,
                  total_steps=None, warmup=0.1, fused=None):
         self.model, self.loss_fn, self.device, self.amp = model, loss_fn, torch.device(device), amp
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = OPTIMIZERS[optimizer](param_groups or self.params, lr=lr, weight_decay=weight_decay, **({} if fused is None else dict(fused=fused)))
+        self.opt = OPTIMIZERS[optimizer](param_groups or self.params, lr=lr, weight_decay=weight_decay, **(dict(fused=True) if fused else {}))  # else torch's own pick (foreach on CUDA)
         self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, lr, total_steps=total_steps, pct_start=warmup)
                       if total_steps else None)  # warm-up then cosine decay; None: constant lr (the paper's)
 
@@ -258,6 +258,13 @@ def fast_path(cfg: TrainConfig, device):
     on = lambda flag: torch.device(device).type == 'cuda' if flag is None else bool(flag)
     return dict(device_cache=on(cfg.device_cache), channels_last=on(cfg.channels_last), fused_adam=on(cfg.fused_adam),
                 compile=bool(cfg.torch_compile))
+
+def fast_model(model, cfg: TrainConfig, device, method=None):
+    "`model` (on `device`) laid out channels_last and compiled (`method.compile`) as `fast_path(cfg, device)` says, in place."
+    fast = fast_path(cfg, device)
+    if fast['channels_last']: model.to(memory_format=torch.channels_last)
+    if fast['compile']: (method or get_method(cfg.method)).compile(model)
+    return model
 
 def fast_data(data: IQAData, cfg: TrainConfig):
     "`data` with its images on `cfg`'s device when the fast path caches them there (`IQAData.on`), else `data`."
@@ -317,13 +324,11 @@ def _stop_early(state, patience): return bool(patience) and state['best_epoch'] 
 def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key, loss_fn=None, part=None, part_rows=None, desc=None):
     "Train a copy of `base_model` on `train_rows` by `cfg` (resumable through `sdir/state.pt`); with a selection `part`, keep its best epoch: (model, epoch, history)."
     device, method = resolve_device(cfg.device), get_method(cfg.method)
-    fast, data = fast_path(cfg, device), fast_data(data, cfg)
+    data = fast_data(data, cfg)
     seed_everything(cfg.seed, seed_key)
-    model = copy.deepcopy(base_model).to(device)
-    if fast['channels_last']: model.to(memory_format=torch.channels_last)
+    model = fast_model(copy.deepcopy(base_model).to(device), cfg, device, method)
     method.start(model, data, train_rows, device)
-    trainer = Trainer(model, loss_fn or method.loss, cfg.lr, device, cfg.amp, cfg.weight_decay, fused=fast['fused_adam'] or None)
-    if fast['compile']: method.compile(model)
+    trainer = Trainer(model, loss_fn or method.loss, cfg.lr, device, cfg.amp, cfg.weight_decay, fused=fast_path(cfg, device)['fused_adam'])
     sel_loader = data.loader(part_rows, cfg.batch_size) if part else None
     state, saver = dict(epoch=0, history=[], best=None, best_epoch=None, best_score=-np.inf), StateSaver(sdir/'state.pt', cfg.save_share)
     if (sdir/'state.pt').is_file():
@@ -491,8 +496,8 @@ def load_trained(path, device='cpu', channels_last=None):
     score_range = tuple(ck.get('score_range', (0.0, 5.0)))
     model = method.build(dataclasses.replace(cfg, pretrained=None, image_encoder_ckpt=None), len(targets), score_range)
     model.load_state_dict(sd)
-    if fast_path(dataclasses.replace(cfg, channels_last=channels_last), device)['channels_last']: model.to(memory_format=torch.channels_last)
-    return Trained(model.to(device).eval(), cfg, targets, method, score_range)
+    model = fast_model(model.to(device), dataclasses.replace(cfg, channels_last=channels_last, torch_compile=False), device, method)
+    return Trained(model.eval(), cfg, targets, method, score_range)
 
 # %% ../nbs/01c_training.ipynb #0ef840ec
 def score_images(trained: Trained, paths, prompts, batch_size=32, num_workers=4):
