@@ -16,7 +16,7 @@ import torchvision
 
 from .data import AGIQASet, atomic_write, atomic_write_csv, dataset_images, split_indices
 from .metrics import METRICS, iqa_metrics
-from .model import ImageTower, clip_normalize, encode_text
+from .model import ImageTower, clip_normalize, encode_text, truncate_tokens
 from .training import IPIQAMethod, Method, init_head_bias, register_method
 
 # %% auto #0
@@ -49,8 +49,8 @@ def clip_image_features(clip, images, pos_embed='interpolate', batch_size=64):
 @torch.no_grad()
 def clip_text_features(clip, tokenizer, texts, batch_size=256):
     "CLIP text embeddings (P, D) of `texts`."
-    tokens = tokenizer(list(texts)).to(_device(clip))
-    return torch.cat([encode_text(clip, tokens[i:i + batch_size]).float().cpu() for i in range(0, len(tokens), batch_size)])
+    tokens, dev = tokenizer(list(texts)), _device(clip)
+    return torch.cat([encode_text(clip, truncate_tokens(tokens[i:i + batch_size]).to(dev)).float().cpu() for i in range(0, len(tokens), batch_size)])
 
 def cosine(a, b, pairwise=True):
     "Cosine similarity of the rows of `a` (N, D) with the paired rows of `b` (N, D), or with every row of `b` (M, D) -> (N, M)."

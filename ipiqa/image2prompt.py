@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .data import atomic_write, atomic_write_csv, atomic_write_json, check_run_config, require_columns
 from .toyworld import DEGRADATIONS, degrade, draw_scene, random_scene
-from .model import ImageTower, clip_normalize, encode_text, load_clip, save_image_tower
+from .model import ImageTower, clip_normalize, encode_text, load_clip, save_image_tower, truncate_tokens
 from .training import Trainer, autocast, resolve_device, seed_everything
 
 # %% auto #0
@@ -208,7 +208,7 @@ def encode_prompts(clip, tokenizer, prompts, batch_size=256, device='cpu', amp=T
     out = []
     for i in range(0, len(prompts), batch_size):
         with autocast(torch.device(device), amp):
-            out.append(F.normalize(encode_text(clip, tokenizer(list(prompts[i: i + batch_size])).to(device)).float(), dim=-1))
+            out.append(F.normalize(encode_text(clip, truncate_tokens(tokenizer(list(prompts[i: i + batch_size]))).to(device)).float(), dim=-1))
     return torch.cat(out) if out else torch.zeros(0, clip.text_projection.shape[1])
 
 # %% ../nbs/01d_image2prompt.ipynb #f89161d6

@@ -16,8 +16,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 # %% auto #0
 __all__ = ['OPENAI_EXTRA_KEYS', 'MODEL_CONFIGS', 'FUSIONS', 'is_torchscript', 'openai_state_dict', 'pretrained_weights',
            'load_clip', 'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower', 'save_image_tower',
-           'load_image_tower', 'encode_text', 'PromptEncoder', 'batch_prompts', 'CrossModalAttentionPool', 'make_head',
-           'IPIQA', 'build_ipiqa']
+           'load_image_tower', 'truncate_tokens', 'encode_text', 'PromptEncoder', 'batch_prompts',
+           'CrossModalAttentionPool', 'make_head', 'IPIQA', 'build_ipiqa']
 
 # %% ../nbs/01_model.ipynb #92fd95dc
 OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')  # in OpenAI's state dicts, not in open_clip's
@@ -165,10 +165,14 @@ def _with_deep_prompts(clip, x, mask, deep):
         x = block(x, attn_mask=mask)
     return x
 
+def truncate_tokens(tokens):
+    "Token rows (P, L) cut after the longest [eot]. Exact (CLIP's text mask is causal), and it reads the tokens: cut on the host, before they go to a GPU."
+    return tokens[:, : int(tokens.argmax(-1).max()) + 1]
+
 def encode_text(clip, tokens, token_embeds=None, deep=()):
-    "CLIP's text feature (projected output at [eot]) of `tokens`, run only up to the longest [eot]; `token_embeds` replace the lookup, `deep` prompts enter between blocks."
-    n = int(tokens.argmax(-1).max()) + 1
-    x = clip.token_embedding(tokens[:, :n]) if token_embeds is None else token_embeds[:, :n]
+    "CLIP's text feature (projected output at [eot]) of `tokens` (P, L), over all L positions (cut padding first with `truncate_tokens`); `token_embeds` replace the lookup, `deep` prompts enter between blocks."
+    n = tokens.shape[1]
+    x = clip.token_embedding(tokens) if token_embeds is None else token_embeds
     x, mask = x + clip.positional_embedding[:n].to(x.dtype), clip.attn_mask[:n, :n]
     x = _with_deep_prompts(clip, x, mask, deep) if len(deep) else clip.transformer(x, attn_mask=mask)
     return clip.ln_final(x)[torch.arange(len(x), device=x.device), tokens.argmax(-1)] @ clip.text_projection
@@ -190,8 +194,7 @@ class PromptEncoder(nn.Module):
         return self.tokenizer(list(prompts))
 
     def encode(self, tokens):
-        "`G_t` for each row of `tokens` (P, L), which may be truncated after its [eot]."
-        tokens = tokens[:, : int(tokens.argmax(-1).max()) + 1]
+        "`G_t` for each row of `tokens` (P, L), best cut after the longest [eot] on the host (`batch_prompts` does)."
         x = self.token_embedding(tokens)
         if self.qa is not None:
             is_eot = torch.arange(tokens.shape[1], device=tokens.device)[None] == tokens.argmax(-1)[:, None]
@@ -200,7 +203,7 @@ class PromptEncoder(nn.Module):
 
     def forward(self, tokens):
         if self.qa is not None: return self.encode(tokens)
-        keys = [(str(tokens.device), r[: int(r.argmax()) + 1].cpu().numpy().tobytes()) for r in tokens]
+        keys = [(str(tokens.device), r[: int(r.argmax()) + 1].numpy().tobytes()) for r in tokens.cpu()]
         todo = [i for i, k in enumerate(keys) if k not in self.memo]
         if todo:
             with torch.no_grad(): feats = self.encode(tokens[todo]).float()
@@ -211,8 +214,7 @@ class PromptEncoder(nn.Module):
 def batch_prompts(token_table, prompt_ids):
     "The distinct prompts of a batch, truncated to the longest one, and each image's row among them."
     uniq, index = torch.unique(prompt_ids, return_inverse=True)
-    tokens = token_table[uniq]
-    return tokens[:, : int(tokens.argmax(-1).max()) + 1], index
+    return truncate_tokens(token_table[uniq]), index
 
 # %% ../nbs/01_model.ipynb #99440962
 class CrossModalAttentionPool(AttentionPool):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .baselines import CLIPIQA_PROMPTS, clipiqa, clipscore
 from .data import AGIQASet, NativeImages, atomic_write, atomic_write_csv, check_run_config
-from .model import ImageTower, PromptEncoder, _NotRandom, clip_normalize, load_clip
+from .model import ImageTower, PromptEncoder, _NotRandom, clip_normalize, load_clip, truncate_tokens
 from .training import (RESUME_KEYS, IQAData, Method, TrainConfig, Trained, _save, checkpoint, fit, get_method,
                             load_trained, predict, resolve_device, seed_everything)
 from .views import CropView, ResizedView, crop_positions
@@ -99,7 +99,7 @@ class ZeroShot(nn.Module):
         if kind == 'clipiqa':
             with torch.no_grad():
                 if self.resnet: self.visual.attnpool.positional_embedding.zero_()      # CLIP-IQA's trick
-                self.register_buffer('antonyms', self.text.encode(self.text.tokenize(CLIPIQA_PROMPTS)).float())
+                self.register_buffer('antonyms', self.text.encode(truncate_tokens(self.text.tokenize(CLIPIQA_PROMPTS))).float())
 
     def tokenize(self, prompts):
         return self.text.tokenize(prompts) if self.kind == 'clipscore' else torch.zeros(len(prompts), 1, dtype=torch.long)

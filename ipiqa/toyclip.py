@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .baselines import clip_text_features, cosine
 from .data import atomic_write
-from .model import clip_normalize, encode_text, load_clip
+from .model import clip_normalize, encode_text, load_clip, truncate_tokens
 from .toyworld import captioned_corpus
 from .training import Trainer, seed_everything
 
@@ -67,7 +67,7 @@ def train_toy_clip(arch='RN50-tiny', n_images=16000, size=64, steps=1000, batch_
     g, history = torch.Generator().manual_seed(seed), []
     for _ in tqdm(range(steps), desc=f'pre-training toy {arch}'):
         idx = torch.randint(0, len(images), (batch_size,), generator=g)
-        history.append(trainer.step(dict(images=images[idx], tokens=tokens[idx])))
+        history.append(trainer.step(dict(images=images[idx], tokens=truncate_tokens(tokens[idx]))))
     return clip.cpu().eval(), history
 
 # %% ../nbs/01h_toyclip.ipynb #ade65e01

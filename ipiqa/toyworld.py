@@ -197,9 +197,9 @@ TOYWORLD_VERSION = 1  # bump when the drawing, the generators or the MOS model c
 def _other(rng, options, current, ok=lambda o: True):
     return str(rng.choice([o for o in options if o != current and ok(o)]))
 
-def render_attempt(prompt: Scene, keep, rng):
-    "What a generator draws for `prompt` when a share `keep` of its elements comes out right: (scene, weighted share shown)."
-    W = ELEMENT_WEIGHTS
+def render_attempt(prompt: Scene, keep, rng, weights=None):
+    "What a generator draws for `prompt` when a share `keep` of its elements comes out right: (scene, share shown, each kind of element weighted by `weights`, default `ELEMENT_WEIGHTS`)."
+    W = weights or ELEMENT_WEIGHTS
     elems = [(i, k) for i in range(len(prompt.groups)) for k in ('group', 'color', 'shape', 'count')] + [(None, 'background'), (None, 'style')]
     if len(prompt.groups) == 1: elems.remove((0, 'group'))                       # a lone group is never left out entirely
     n_wrong = int(np.floor((1 - keep) * len(elems) + rng.random()))           # systematic: as many misses as `keep` implies
@@ -219,8 +219,8 @@ def render_attempt(prompt: Scene, keep, rng):
     return Scene(tuple(groups), bg, st), got / total
 
 # %% ../nbs/00a_toyworld.ipynb #9a83ab51
-def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10, halo=0.1):
-    "The rows of a toy AGIQA set before drawing: prompt scene, what each image shows, its degradation, both MOS."
+def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10, halo=0.1, weights=None):
+    "The rows of a toy AGIQA set before drawing: prompt scene, what each image shows, its degradation, both MOS (raters weigh the prompt's elements by `weights`; the images do not depend on them)."
     rng, rows, seen = np.random.default_rng(seed), [], set()
     prompts = []
     while len(prompts) < n_prompts:
@@ -230,7 +230,7 @@ def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10
         for g in generators:
             for k in range(g.per_prompt):
                 e = rng.normal()
-                shown, frac = render_attempt(sc, float(np.clip(g.fidelity + effort * e, 0.02, 1)), rng)
+                shown, frac = render_attempt(sc, float(np.clip(g.fidelity + effort * e, 0.02, 1)), rng, weights)
                 strength = float(np.clip(g.strength - 1.5 * effort * e + rng.normal(0, 0.13), 0, 1))
                 rows.append(dict(name=f"{g.name}_{p:03d}_{k}.png", prompt=sc.caption(), scene=sc, shown=shown, generator=g.name,
                                  degradation=str(rng.choice(DEGRADATIONS)), strength=round(strength, 4),
