@@ -129,13 +129,14 @@ def plot_similarity(images, texts, sim, path=None, n=8):
 
 # %% ../nbs/01h_toyclip.ipynb #45ce81f4
 def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
-    "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`) and save it to `out` (default: the shipped file)."
+    "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`; `captions='web'` for partial captions) and save it to `out` (default: the shipped file)."
     import open_clip
     r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch], **recipe}
-    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'])
-    clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words')}, device=device, corpus=corpus)
+    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=r.get('captions', 'exact'))
+    clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words', 'captions')}, device=device, corpus=corpus)
     _, tok = load_clip(arch, None)
-    return save_toy_clip(clip, out or toy_clip_file(arch), arch, used_token_ids(tok, corpus[1]), recipe=r, history=history,
+    words = corpus[1] + [s.caption() for s in corpus[2]]   # every word of the world's prompts keeps a row, said in training or not
+    return save_toy_clip(clip, out or toy_clip_file(arch), arch, used_token_ids(tok, words), recipe=r, history=history,
                          versions=dict(torch=torch.__version__, open_clip=open_clip.__version__))
 
 @call_parse
@@ -144,6 +145,7 @@ def toyclip(
     out: str = None,  # output file (default: the shipped file that load_clip(arch, 'toy') reads)
     steps: int = TOY_CLIP_RECIPE['steps'],  # training steps
     seed: int = TOY_CLIP_RECIPE['seed'],  # seed of the corpus, the init and the batches
+    captions: str = 'exact',  # 'exact' (all of each scene, as the shipped CLIPs) or 'web' (part of it, like alt-text)
     device: str = 'cpu'):  # 'cpu' or 'cuda'
     "Pre-train a toy CLIP on the toy world's captioned scenes (see nbs/01h_toyclip.ipynb); prints the file written."
-    print(build_toy_clip(arch, out, device, steps=steps, seed=seed))
+    print(build_toy_clip(arch, out, device, steps=steps, seed=seed, **({} if captions == 'exact' else dict(captions=captions))))

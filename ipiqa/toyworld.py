@@ -14,9 +14,9 @@ from PIL import Image, ImageDraw, ImageFilter
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'COUNTS', 'SIZES', 'POSITIONS', 'BACKGROUNDS', 'STYLES', 'DEGRADATIONS', 'CLASHES',
            'QUALITY_WORDS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION', 'REAL_AGIQA3K_STATISTICS', 'Group',
-           'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade', 'quality_clause', 'captioned_corpus',
-           'ToyGenerator', 'render_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'make_toy_agiqa',
-           'plot_toy_prompt']
+           'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade', 'quality_clause', 'web_caption',
+           'captioned_corpus', 'ToyGenerator', 'render_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics',
+           'make_toy_agiqa', 'plot_toy_prompt']
 
 # %% ../nbs/00a_toyworld.ipynb #7ce57964
 COLORS = dict(red=(215, 35, 35), green=(40, 170, 50), blue=(40, 70, 225), yellow=(240, 215, 40),
@@ -164,12 +164,25 @@ def quality_clause(kind, strength, bad=0.2, good=0.05):
     if kind is not None and strength >= bad: return f"bad photo, {QUALITY_WORDS[kind]}"
     return 'good photo' if kind is None or strength < good else ''
 
-def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, quality_words=0.0):
-    "`n` random scenes drawn at `size`: a uint8 tensor (n, 3, size, size), their captions and the scenes; a `quality_words` share of captions also says how good the image looks."
+def web_caption(scene: Scene, rng):
+    "Part of what `scene` shows, as alt-text on the web might say it: the second object group in 60 % of captions; per group its count word and 'small' half the time each, its colour 70 %, never its position; the background and the style half the time each."
+    groups = scene.groups[:1] if len(scene.groups) > 1 and rng.random() < 0.4 else scene.groups
+    said = []
+    for g in groups:
+        noun = g.shape + ('es' if g.shape == 'cross' and g.count > 1 else 's' if g.count > 1 else '')
+        color, count = rng.random() < 0.7, rng.random() < 0.5
+        small = g.size == 'small' and rng.random() < 0.5
+        said.append(' '.join(w for w in (COUNTS[g.count] * count, 'small' * small, g.color * color, noun) if w))
+    text = ' and '.join(said) + (f' on a {scene.background} background' if rng.random() < 0.5 else '')
+    return text + (f', {scene.style}' if rng.random() < 0.5 else '')
+
+def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, quality_words=0.0, captions='exact'):
+    "`n` random scenes drawn at `size`: a uint8 tensor (n, 3, size, size), their captions ('exact': all the scene; 'web': part of it, `web_caption`) and the scenes; a `quality_words` share of captions also says how good the image looks."
+    if captions not in ('exact', 'web'): raise ValueError(f"captions must be 'exact' or 'web', not {captions!r}")
     import torch
     from tqdm.auto import tqdm
-    rng, said = np.random.default_rng(seed), np.random.default_rng([seed, 1])   # the second stream leaves the scenes as they were
-    images, captions, scenes = torch.empty(n, 3, size, size, dtype=torch.uint8), [], []
+    rng, said, web = (np.random.default_rng(s) for s in (seed, [seed, 1], [seed, 2]))   # streams 2 and 3 leave the scenes as they were
+    images, texts, scenes = torch.empty(n, 3, size, size, dtype=torch.uint8), [], []
     for i in tqdm(range(n), desc='drawing captioned scenes', leave=False):
         sc, kind, strength = random_scene(rng), None, 0.0
         img = draw_scene(sc, size, rng)[0]
@@ -178,8 +191,8 @@ def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, qualit
             img = degrade(img, kind, strength, rng)
         images[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
         clause = quality_clause(kind, strength) if said.random() < quality_words else ''
-        captions.append(sc.caption() + (f', {clause}' if clause else '')); scenes.append(sc)
-    return images, captions, scenes
+        texts.append((sc.caption() if captions == 'exact' else web_caption(sc, web)) + (f', {clause}' if clause else '')); scenes.append(sc)
+    return images, texts, scenes
 
 # %% ../nbs/00a_toyworld.ipynb #1e7fd6b6
 @dataclass(frozen=True)
