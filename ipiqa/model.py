@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 # %% auto #0
-__all__ = ['OPENAI_EXTRA_KEYS', 'MODEL_CONFIGS', 'FUSIONS', 'is_torchscript', 'openai_state_dict', 'pretrained_weights',
-           'load_clip', 'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower', 'save_image_tower',
-           'load_image_tower', 'truncate_tokens', 'encode_text', 'PromptEncoder', 'batch_prompts',
+__all__ = ['OPENAI_EXTRA_KEYS', 'MODEL_CONFIGS', 'TOY_CLIP_TAGS', 'FUSIONS', 'is_torchscript', 'openai_state_dict',
+           'pretrained_weights', 'load_clip', 'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower',
+           'save_image_tower', 'load_image_tower', 'truncate_tokens', 'encode_text', 'PromptEncoder', 'batch_prompts',
            'CrossModalAttentionPool', 'make_head', 'IPIQA', 'build_ipiqa']
 
 # %% ../nbs/01_model.ipynb #92fd95dc
@@ -49,22 +49,27 @@ if MODEL_CONFIGS.is_dir() and 'RN50-tiny' not in open_clip.list_models(): open_c
 class _NotRandom(logging.Filter):  # open_clip says "initialized randomly" before we load the toy weights
     def filter(self, record): return 'No pretrained weights loaded' not in record.getMessage()
 
-def _load_toy_clip(arch, device):
+TOY_CLIP_TAGS = {'toy': 'exact', 'toy-web': 'web'}  # pretrained tag -> the captions that toy CLIP learned from (`ipiqa.toyclip`)
+
+def _load_toy_clip(arch, device, captions='exact'):
     from ipiqa.toyclip import toy_clip_file, toy_clip_state
+    path = toy_clip_file(arch, captions)
+    if not path.is_file(): raise FileNotFoundError(f"no toy CLIP {arch} pre-trained on {captions} captions ({path}); make it with "
+                                                   f"`python -m ipiqa.toyclip --arch {arch} --captions {captions}`")
     f = _NotRandom(); logging.getLogger().addFilter(f)
     try: model = open_clip.create_model(arch, pretrained=None, device=device)
     finally: logging.getLogger().removeFilter(f)
-    model.load_state_dict(toy_clip_state(toy_clip_file(arch))[0])
+    model.load_state_dict(toy_clip_state(path)[0])
     return model.eval(), open_clip.get_tokenizer(arch)
 
 def load_clip(arch='RN50', pretrained=None, device='cpu'):
-    "An open_clip CLIP `arch` and its tokenizer; `pretrained` is an open_clip tag, a local weight file, 'toy' or None (random)."
+    "An open_clip CLIP `arch` and its tokenizer; `pretrained` is an open_clip tag, a local weight file, 'toy' / 'toy-web' (`TOY_CLIP_TAGS`) or None (random)."
     if arch not in open_clip.list_models(): raise ValueError(f"unknown CLIP arch {arch!r}; ResNet ones: {[m for m in open_clip.list_models() if m.startswith('RN')]}")
     if pretrained in (None, '', 'none', 'random'): pretrained = None
-    elif pretrained == 'toy': return _load_toy_clip(arch, device)
+    elif pretrained in TOY_CLIP_TAGS: return _load_toy_clip(arch, device, TOY_CLIP_TAGS[pretrained])
     elif not Path(pretrained).is_file() and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
         raise FileNotFoundError(f"pretrained={pretrained!r} is neither a file nor an open_clip tag for {arch} "
-                                f"(tags: {open_clip.list_pretrained_tags_by_model(arch)}; 'toy' for the project's toy CLIPs)")
+                                f"(tags: {open_clip.list_pretrained_tags_by_model(arch)}; {list(TOY_CLIP_TAGS)} for the project's toy CLIPs)")
     quick_gelu, openai_sd = pretrained_weights(arch, pretrained)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*TorchScript archive.*')

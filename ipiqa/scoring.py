@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .baselines import CLIPIQA_PROMPTS, clipiqa, clipscore
 from .data import AGIQASet, NativeImages, atomic_write, atomic_write_csv, check_run_config
-from .model import ImageTower, PromptEncoder, _NotRandom, clip_normalize, load_clip, truncate_tokens
+from .model import TOY_CLIP_TAGS, ImageTower, PromptEncoder, _NotRandom, clip_normalize, load_clip, truncate_tokens
 from .training import (RESUME_KEYS, IQAData, Method, TrainConfig, Trained, _save, checkpoint, fit, get_method,
                             load_trained, predict, resolve_device, seed_everything)
 from .views import CropView, ResizedView, crop_positions
@@ -117,7 +117,7 @@ class ZeroShotMethod(Method):
 
 def load_zero_shot(kind, pretrained='openai', arch=None, device='cpu'):
     "Zero-shot `kind` ('clipscore' | 'clipiqa') on CLIP `arch` (default RN50; RN50-tiny for `pretrained='toy'`) as a `Trained`."
-    arch = arch or ('RN50-tiny' if pretrained == 'toy' else 'RN50')
+    arch = arch or ('RN50-tiny' if pretrained in TOY_CLIP_TAGS else 'RN50')
     model = ZeroShot(*load_clip(arch, pretrained), kind)
     column, score_range = ZERO_SHOT_MODELS[kind]
     cfg = TrainConfig(method='zero-shot', arch=arch, pretrained=pretrained, image_size=model.size, amp=True)

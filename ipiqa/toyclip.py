@@ -33,10 +33,11 @@ TOY_CLIP_RECIPE = dict(n_images=16000, size=64, steps=1000, batch_size=256, weig
 TOY_CLIP_LR = {'RN50-tiny': 2e-3, 'ViT-B-32-tiny': 1e-3}
 TOY_CLIP_QUALITY_WORDS = {'RN50-tiny': 0.0, 'ViT-B-32-tiny': 0.5}  # share of captions that say how the image looks
 
-def toy_clip_file(arch):
-    "Where the shipped toy CLIP for `arch` lives."
+def toy_clip_file(arch, captions='exact'):
+    "Where the shipped toy CLIP for `arch` pre-trained on `captions` ('exact' or 'web') lives."
     if arch not in TOY_CLIP_ARCHS: raise ValueError(f"no toy CLIP for {arch!r}; toy CLIPs exist for {TOY_CLIP_ARCHS}")
-    return TOY_CLIP_DIR/f'{arch}.pt'
+    if captions not in ('exact', 'web'): raise ValueError(f"captions must be 'exact' or 'web', not {captions!r}")
+    return TOY_CLIP_DIR/(f'{arch}.pt' if captions == 'exact' else f'{arch}-{captions}.pt')
 
 # %% ../nbs/01h_toyclip.ipynb #61ac0c02
 _clip_loss = ClipLoss()
@@ -136,13 +137,13 @@ def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
     clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words', 'captions')}, device=device, corpus=corpus)
     _, tok = load_clip(arch, None)
     words = corpus[1] + [s.caption() for s in corpus[2]]   # every word of the world's prompts keeps a row, said in training or not
-    return save_toy_clip(clip, out or toy_clip_file(arch), arch, used_token_ids(tok, words), recipe=r, history=history,
+    return save_toy_clip(clip, out or toy_clip_file(arch, r.get('captions', 'exact')), arch, used_token_ids(tok, words), recipe=r, history=history,
                          versions=dict(torch=torch.__version__, open_clip=open_clip.__version__))
 
 @call_parse
 def toyclip(
     arch: str = 'RN50-tiny',  # which toy CLIP: RN50-tiny or ViT-B-32-tiny
-    out: str = None,  # output file (default: the shipped file that load_clip(arch, 'toy') reads)
+    out: str = None,  # output file (default: the shipped file that load_clip(arch, 'toy') reads, or 'toy-web' with --captions web)
     steps: int = TOY_CLIP_RECIPE['steps'],  # training steps
     seed: int = TOY_CLIP_RECIPE['seed'],  # seed of the corpus, the init and the batches
     captions: str = 'exact',  # 'exact' (all of each scene, as the shipped CLIPs) or 'web' (part of it, like alt-text)
