@@ -116,7 +116,7 @@ class ZeroShotMethod(Method):
     def build(self, cfg, n_outputs, score_range=(0.0, 5.0)): raise TypeError("a zero-shot baseline is not trained: use load_zero_shot")
 
 def load_zero_shot(kind, pretrained='openai', arch=None, device='cpu'):
-    "Zero-shot `kind` ('clipscore' | 'clipiqa') on CLIP `arch` (default RN50; RN50-tiny for `pretrained='toy'`) as a `Trained`."
+    "Zero-shot `kind` ('clipscore' | 'clipiqa') on CLIP `arch` (default RN50; RN50-tiny for the toy tags, `pretrained='toy'` or `'toy-web'`) as a `Trained`."
     arch = arch or ('RN50-tiny' if pretrained in TOY_CLIP_TAGS else 'RN50')
     model = ZeroShot(*load_clip(arch, pretrained), kind)
     column, score_range = ZERO_SHOT_MODELS[kind]
