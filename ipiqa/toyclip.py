@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .baselines import clip_text_features, cosine
 from .data import atomic_write
 from .model import clip_normalize, encode_text, load_clip, truncate_tokens
-from .toyworld import captioned_corpus
+from .toyworld import CAPTIONS, captioned_corpus
 from .training import Trainer, seed_everything
 
 # %% auto #0
@@ -36,7 +36,7 @@ TOY_CLIP_QUALITY_WORDS = {'RN50-tiny': 0.0, 'ViT-B-32-tiny': 0.5}  # share of ca
 def toy_clip_file(arch, captions='exact'):
     "Where the shipped toy CLIP for `arch` pre-trained on `captions` ('exact' or 'web') lives."
     if arch not in TOY_CLIP_ARCHS: raise ValueError(f"no toy CLIP for {arch!r}; toy CLIPs exist for {TOY_CLIP_ARCHS}")
-    if captions not in ('exact', 'web'): raise ValueError(f"captions must be 'exact' or 'web', not {captions!r}")
+    if captions not in CAPTIONS: raise ValueError(f"captions must be one of {CAPTIONS}, not {captions!r}")
     return TOY_CLIP_DIR/(f'{arch}.pt' if captions == 'exact' else f'{arch}-{captions}.pt')
 
 # %% ../nbs/01h_toyclip.ipynb #61ac0c02

@@ -13,10 +13,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'COUNTS', 'SIZES', 'POSITIONS', 'BACKGROUNDS', 'STYLES', 'DEGRADATIONS', 'CLASHES',
-           'QUALITY_WORDS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION', 'REAL_AGIQA3K_STATISTICS', 'Group',
-           'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade', 'quality_clause', 'web_caption',
-           'captioned_corpus', 'ToyGenerator', 'render_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics',
-           'make_toy_agiqa', 'plot_toy_prompt']
+           'QUALITY_WORDS', 'CAPTIONS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION',
+           'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade',
+           'quality_clause', 'web_caption', 'captioned_corpus', 'ToyGenerator', 'render_attempt', 'toy_agiqa_plan',
+           'eta_squared', 'agiqa_statistics', 'make_toy_agiqa', 'plot_toy_prompt']
 
 # %% ../nbs/00a_toyworld.ipynb #7ce57964
 COLORS = dict(red=(215, 35, 35), green=(40, 170, 50), blue=(40, 70, 225), yellow=(240, 215, 40),
@@ -164,6 +164,8 @@ def quality_clause(kind, strength, bad=0.2, good=0.05):
     if kind is not None and strength >= bad: return f"bad photo, {QUALITY_WORDS[kind]}"
     return 'good photo' if kind is None or strength < good else ''
 
+CAPTIONS = ('exact', 'web')  # how a captioned corpus describes its scenes: all of each, or part of it (`web_caption`)
+
 def web_caption(scene: Scene, rng):
     "Part of what `scene` shows, as alt-text on the web might say it: the second object group in 60 % of captions; per group its count word and 'small' half the time each, its colour 70 %, never its position; the background and the style half the time each."
     groups = scene.groups[:1] if len(scene.groups) > 1 and rng.random() < 0.4 else scene.groups
@@ -178,7 +180,7 @@ def web_caption(scene: Scene, rng):
 
 def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, quality_words=0.0, captions='exact'):
     "`n` random scenes drawn at `size`: a uint8 tensor (n, 3, size, size), their captions ('exact': all the scene; 'web': part of it, `web_caption`) and the scenes; a `quality_words` share of captions also says how good the image looks."
-    if captions not in ('exact', 'web'): raise ValueError(f"captions must be 'exact' or 'web', not {captions!r}")
+    if captions not in CAPTIONS: raise ValueError(f"captions must be one of {CAPTIONS}, not {captions!r}")
     import torch
     from tqdm.auto import tqdm
     rng, said, web = (np.random.default_rng(s) for s in (seed, [seed, 1], [seed, 2]))   # streams 2 and 3 leave the scenes as they were
