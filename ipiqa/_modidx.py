@@ -334,6 +334,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'ipiqa.toyclip.train_toy_clip': ('toyclip.html#train_toy_clip', 'ipiqa/toyclip.py'),
                                'ipiqa.toyclip.used_token_ids': ('toyclip.html#used_token_ids', 'ipiqa/toyclip.py')},
             'ipiqa.toyworld': { 'ipiqa.toyworld.Group': ('toyworld.html#group', 'ipiqa/toyworld.py'),
+                                'ipiqa.toyworld.Group.noun': ('toyworld.html#group.noun', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.Group.words': ('toyworld.html#group.words', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.Scene': ('toyworld.html#scene', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.Scene.caption': ('toyworld.html#scene.caption', 'ipiqa/toyworld.py'),

@@ -133,11 +133,12 @@ def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
     "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`; `captions='web'` for partial captions) and save it to `out` (default: the shipped file)."
     import open_clip
     r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch], **recipe}
-    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=r.get('captions', 'exact'))
+    captions = r.get('captions', 'exact')   # in the recipe only when not 'exact', as in the shipped files
+    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=captions)
     clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words', 'captions')}, device=device, corpus=corpus)
     _, tok = load_clip(arch, None)
     words = corpus[1] + [s.caption() for s in corpus[2]]   # every word of the world's prompts keeps a row, said in training or not
-    return save_toy_clip(clip, out or toy_clip_file(arch, r.get('captions', 'exact')), arch, used_token_ids(tok, words), recipe=r, history=history,
+    return save_toy_clip(clip, out or toy_clip_file(arch, captions), arch, used_token_ids(tok, words), recipe=r, history=history,
                          versions=dict(torch=torch.__version__, open_clip=open_clip.__version__))
 
 @call_parse

@@ -36,9 +36,10 @@ class Group:
     "`count` objects of one `size`, `color` and `shape`, optionally placed at `pos`."
     color: str; shape: str; count: int = 1; size: str = 'big'; pos: str = None
 
+    def noun(self): return self.shape + ('es' if self.shape == 'cross' and self.count > 1 else 's' if self.count > 1 else '')
+
     def words(self):
-        noun = self.shape + ('es' if self.shape == 'cross' and self.count > 1 else 's' if self.count > 1 else '')
-        w = f"{COUNTS[self.count]} {self.size + ' ' if self.size == 'small' else ''}{self.color} {noun}"
+        w = f"{COUNTS[self.count]} {self.size + ' ' if self.size == 'small' else ''}{self.color} {self.noun()}"
         return w + (f" on the {self.pos}" if self.pos in ('left', 'right') else f" at the {self.pos}" if self.pos else '')
 
 @dataclass(frozen=True)
@@ -171,10 +172,9 @@ def web_caption(scene: Scene, rng):
     groups = scene.groups[:1] if len(scene.groups) > 1 and rng.random() < 0.4 else scene.groups
     said = []
     for g in groups:
-        noun = g.shape + ('es' if g.shape == 'cross' and g.count > 1 else 's' if g.count > 1 else '')
         color, count = rng.random() < 0.7, rng.random() < 0.5
         small = g.size == 'small' and rng.random() < 0.5
-        said.append(' '.join(w for w in (COUNTS[g.count] * count, 'small' * small, g.color * color, noun) if w))
+        said.append(' '.join(w for w in (COUNTS[g.count] * count, 'small' * small, g.color * color, g.noun()) if w))
     text = ' and '.join(said) + (f' on a {scene.background} background' if rng.random() < 0.5 else '')
     return text + (f', {scene.style}' if rng.random() < 0.5 else '')
 
