@@ -31,7 +31,8 @@ TOY_CLIP_ARCHS = ('RN50-tiny', 'ViT-B-32-tiny')
 TOY_CLIP_DIR = Path(importlib.util.find_spec('ipiqa').origin).parent/'toy_clips'
 TOY_CLIP_RECIPE = dict(n_images=16000, size=64, steps=1000, batch_size=256, weight_decay=0.1, warmup=0.1, seed=0)
 TOY_CLIP_LR = {'RN50-tiny': 2e-3, 'ViT-B-32-tiny': 1e-3}
-TOY_CLIP_QUALITY_WORDS = {'RN50-tiny': 0.0, 'ViT-B-32-tiny': 0.5}  # share of captions that say how the image looks
+TOY_CLIP_QUALITY_WORDS = {('RN50-tiny', 'exact'): 0.0, ('ViT-B-32-tiny', 'exact'): 0.5,   # share of captions that also say how the image looks
+                          ('RN50-tiny', 'web'): 0.5, ('ViT-B-32-tiny', 'web'): 0.5}
 
 def toy_clip_file(arch, captions='exact'):
     "Where the shipped toy CLIP for `arch` pre-trained on `captions` ('exact' or 'web') lives."
@@ -132,8 +133,8 @@ def plot_similarity(images, texts, sim, path=None, n=8):
 def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
     "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`; `captions='web'` for partial captions) and save it to `out` (default: the shipped file)."
     import open_clip
-    r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch], **recipe}
-    captions = r.get('captions', 'exact')   # in the recipe only when not 'exact', as in the shipped files
+    captions = recipe.get('captions', 'exact')   # in the recipe only when not 'exact', as in the shipped files
+    r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch, captions], **recipe}
     corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=captions)
     clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words', 'captions')}, device=device, corpus=corpus)
     _, tok = load_clip(arch, None)

@@ -139,16 +139,17 @@ def test_roc_auc_matches_pair_counting():
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_toy_clip_filter_separates_matched_from_mismatched(seed, tmp_path):
-    """The shipped toy CLIP scores matched pairs above mismatched ones: ROC AUC >= 0.95 on a 100-pair toy DiffusionDB (64 px,
-    a quarter mismatched). Measured with the shipped RN50-tiny toy CLIP: AUC 1.000 on each of seeds 0-9 at this size, 0.9994 on the
-    default 2,000-pair set (seed 0); 0.95 leaves a 0.05 margin below those and is above the issue's target of 0.9."""
+    """The toy preset's CLIP (`toy-web`) scores matched pairs above mismatched ones: ROC AUC >= 0.95 on a 100-pair toy
+    DiffusionDB (64 px, a quarter mismatched). Measured: AUC 1.000 on seeds 0-6 and 9, 0.9993 and 0.9995 on seeds 7 and 8 at
+    this size, 0.9989 on the default 2,000-pair set (seed 0); 0.95 leaves a 0.05 margin below those and is above the issue's
+    target of 0.9."""
     toy = make_toy_diffusiondb(tmp_path/'ddb', n_parts=1, per_part=100, size=64, seed=seed)
-    pairs = filter_pairs(toy, tmp_path/'pairs', 'RN50-tiny', 'toy', threshold='q0.25', verbose=False, device='cpu')
+    pairs = filter_pairs(toy, tmp_path/'pairs', 'RN50-tiny', 'toy-web', threshold='q0.25', verbose=False, device='cpu')
     m = with_toy_truth(pairs.manifest, toy/'metadata.parquet')
     assert len(m) == 100 and 0 < (~m.matched).sum() < 100
     auc = filter_auc(pairs.manifest, toy/'metadata.parquet')
     assert auc >= 0.95, (seed, auc)
-    assert m.similarity[m.matched].mean() > m.similarity[~m.matched].mean() + 0.5  # measured: 0.82-1.08 over seeds 0-9
+    assert m.similarity[m.matched].mean() > m.similarity[~m.matched].mean() + 0.4  # measured: 0.63-0.76 over seeds 0-9
 
 
 # ---------------------------------------------------------------- pre-training

@@ -92,11 +92,12 @@ def test_openai_weights_get_quick_gelu_random_init_keeps_gelu(tmp_path):
 
 # ---------------------------------------------------------------- the toy CLIPs and the fusions
 
-@pytest.mark.parametrize('arch', TOY_CLIP_ARCHS)
-def test_toy_clips_know_the_toy_words(arch):
-    """Zero-shot retrieval on 256 scenes the corpus never held. Measured: RN50-tiny 0.88 top-1 image→text among
-    512 (0.95 among 64), ViT-B-32-tiny 0.80 (0.95); chance 1/64. Asserted: > 0.8 among 64, i.e. 50× chance."""
-    clip, tok = load_clip(arch, 'toy')
+@pytest.mark.parametrize('arch,tag', [(a, 'toy') for a in TOY_CLIP_ARCHS] + [('RN50-tiny', 'toy-web')])
+def test_toy_clips_know_the_toy_words(arch, tag):
+    """Zero-shot retrieval on 256 scenes the corpus never held. Measured top-1 image→text among 512 (among 64):
+    RN50-tiny 0.88 (0.95), ViT-B-32-tiny 0.80 (0.95), RN50-tiny toy-web 0.73 among 512 (0.92 among 64; its web-like
+    captions name part of each scene, these name all of it); chance 1/64. Asserted: > 0.8 among 64, i.e. 50× chance."""
+    clip, tok = load_clip(arch, tag)
     images, captions, _ = captioned_corpus(256, 64, seed=4242)
     acc = retrieval_accuracy(clip_similarity(clip, tok, images, captions), ks=(64,)).iloc[0]
     assert acc.image_to_text > 0.8 and acc.text_to_image > 0.8, acc
@@ -108,9 +109,11 @@ def toy3k():
 
 
 def test_clipscore_on_the_toy_clip_is_a_real_baseline(toy3k):
-    """CLIPScore's alignment SRCC on the default toy set (3,000 images, 300 prompts): 0.838 on split 0's test side
-    of seed 0 (measured), 0.83–0.85 on the whole set. A random-init CLIP gives ~0. Asserted: > 0.75."""
-    m = build_ipiqa('RN50-tiny', 'toy', 2, 64, qa_token=False).eval()
+    """CLIPScore's alignment SRCC on the default toy set (3,000 images, 300 prompts) with the toy preset's CLIP
+    (`toy-web`): 0.836 on split 0's test side of seed 0, 0.813 on the whole set (measured; the exact-caption `toy`
+    CLIP: 0.838, 0.83-0.85). A random-init CLIP gives ~0. Asserted: > 0.75."""
+    cfg = TrainConfig().resolved()
+    m = build_ipiqa(cfg.arch, cfg.pretrained, 2, 64, qa_token=False).eval()
     data = IQAData(toy3k, 64, m.tokenize, 2)
     assert similarity_srcc(m, data, np.arange(len(toy3k))) > 0.75
 
@@ -269,31 +272,37 @@ def test_selection_is_labelled(toy, tmp_path):
 
 # ---------------------------------------------------------------- learning
 
-def test_prompt_model_learns_alignment_image_only_cannot(tmp_path):
-    """On a toy set of 100 prompts (1,000 images; 1 split, the toy preset's 6 epochs) alignment depends on what the
-    image shows of its prompt, and partly on who made it (as in AGIQA-3k). Measured alignment SRCC, seeds 0 / 1 / 2:
+def test_prompt_model_learns_alignment_beyond_image_only(tmp_path):
+    """On a toy set of 100 prompts (1,000 images; 1 split, the toy preset's 6 epochs on the `toy-web` CLIP) alignment
+    depends on what the image shows of its prompt, and partly on who made it (as in AGIQA-3k). Measured alignment SRCC
+    (quality in brackets), seeds 0-4:
 
-    | model | seed 0 | seed 1 | seed 2 |
-    |---|---|---|---|
-    | image-only (Table 3 row 1) | 0.443 | 0.506 | 0.391 |
-    | IP-IQA, fusion='paper' | 0.466 | 0.605 | 0.435 |
-    | IP-IQA, fusion='clip-residual' | 0.798 | 0.795 | 0.847 |
-    | zero-shot CLIPScore (toy CLIP) | 0.798 | 0.781 | 0.870 |
+    | model | seed 0 | seed 1 | seed 2 | seed 3 | seed 4 |
+    |---|---|---|---|---|---|
+    | image-only (Table 3 row 1) | 0.494 (0.494) | 0.684 (0.730) | 0.587 (0.586) | 0.534 (0.655) | 0.569 (0.585) |
+    | IP-IQA, fusion='paper' | 0.532 | 0.676 | 0.575 | 0.576 | 0.580 |
+    | IP-IQA, fusion='clip-residual' | 0.783 (0.698) | 0.794 (0.724) | 0.817 (0.763) | 0.816 (0.734) | 0.791 (0.712) |
+    | zero-shot CLIPScore (toy-web CLIP) | 0.764 | 0.779 | 0.821 | 0.808 | 0.772 |
 
-    Asserted, with the smallest measured margin in brackets: clip-residual > image-only + 0.2 (0.29), > paper
-    fusion + 0.1 (0.19), > CLIPScore − 0.06 (−0.023); quality SRCC > 0.3 for image-only (0.42), > 0.5 for
-    clip-residual (0.66). The paper's fusion is not asserted above image-only: with 800 training images its margin
-    is 0.02–0.10."""
+    Asserted, with the smallest measured margin in brackets: clip-residual > image-only + 0.08 (0.110), > paper
+    fusion + 0.08 (0.118), > CLIPScore − 0.04 (−0.004); quality SRCC > 0.4 for image-only (0.494), > 0.6 for
+    clip-residual (0.698). On 200 test images of 20 prompts the seeds spread widely: seed 1's image-only model reads
+    the generator from the image well enough to reach 0.68. The paper's fusion is not asserted above image-only: with
+    800 training images its margin is −0.01 to +0.04. (On the exact-caption CLIP, `'toy'`, image-only reached only
+    0.39-0.51 here: the web CLIP's image tower also learned "bad photo, blurry", and what an image's quality says
+    about its generator says much about its alignment.)"""
     ds = read_agiqa3k(make_toy_agiqa(tmp_path/'toy', n_prompts=100))
     srcc = {}
     for name, kw in [('image_only', dict(use_prompt=False)), ('paper', {}), ('clip_residual', dict(fusion='clip-residual'))]:
         r = cross_validate(TrainConfig(n_splits=1, num_workers=1, **kw), ds, tmp_path/name)
         srcc[name] = r.metrics.set_index('target').srcc
     te = split_indices(r.splits, ds.table, 0, 'test')
-    m = build_ipiqa('RN50-tiny', 'toy', 2, 64, qa_token=False).eval()
+    cfg = TrainConfig().resolved()
+    assert cfg.pretrained == 'toy-web'
+    m = build_ipiqa(cfg.arch, cfg.pretrained, 2, 64, qa_token=False).eval()
     data = IQAData(ds, 64, m.tokenize, 1)
     clipscore = similarity_srcc(m, data, te)
     a = {k: v['mos_align'] for k, v in srcc.items()}
-    assert a['clip_residual'] > a['image_only'] + 0.2 and a['clip_residual'] > a['paper'] + 0.1, (srcc, clipscore)
-    assert a['clip_residual'] > clipscore - 0.06, (srcc, clipscore)
-    assert srcc['image_only']['mos_quality'] > 0.3 and srcc['clip_residual']['mos_quality'] > 0.5, srcc
+    assert a['clip_residual'] > a['image_only'] + 0.08 and a['clip_residual'] > a['paper'] + 0.08, (srcc, clipscore)
+    assert a['clip_residual'] > clipscore - 0.04, (srcc, clipscore)
+    assert srcc['image_only']['mos_quality'] > 0.4 and srcc['clip_residual']['mos_quality'] > 0.6, srcc
