@@ -434,7 +434,7 @@ def cli_parser():
       + "), or a .csv/.parquet table with columns path[,prompt] (paths relative to the table)")
     a('-m', '--model', required=True, help="a run folder (its final/model.pt if present, else all split*/model.pt averaged), one model.pt, or a baseline: clipscore | clipiqa")
     a('--pretrained', metavar='WEIGHTS', help="baseline only: CLIP weights, 'openai' (default), a local weights file, or 'toy-web' / 'toy' (the project's toy CLIPs, offline)")
-    a('--arch', help="baseline only: CLIP architecture (default RN50; RN50-tiny with --pretrained toy)")
+    a('--arch', help="baseline only: CLIP architecture (default RN50; RN50-tiny with --pretrained toy-web or toy)")
     a('--ensemble', action='store_true', help="run folder only: average the split models even when final/model.pt exists")
     a('--prompts', metavar='FILE', help="CSV/parquet with columns name,prompt, or a JSON object {name: prompt}; a name matches an image's path as listed, its path inside the folder given, or its file name")
     a('--prompt', metavar='TEXT', help="one prompt for every image that the --prompts file or image table gives none")
