@@ -349,6 +349,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ipiqa.toyworld.degrade': ('toyworld.html#degrade', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.draw_scene': ('toyworld.html#draw_scene', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.eta_squared': ('toyworld.html#eta_squared', 'ipiqa/toyworld.py'),
+                                'ipiqa.toyworld.generator_attempt': ('toyworld.html#generator_attempt', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.make_toy_agiqa': ('toyworld.html#make_toy_agiqa', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.plot_toy_prompt': ('toyworld.html#plot_toy_prompt', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.quality_clause': ('toyworld.html#quality_clause', 'ipiqa/toyworld.py'),

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .data import atomic_write, atomic_write_csv, atomic_write_json, check_run_config, require_columns
-from .toyworld import DEGRADATIONS, degrade, draw_scene, random_scene
+from .toyworld import DEGRADATIONS, TOY_GENERATORS, degrade, draw_scene, generator_attempt, random_scene
 from .model import ImageTower, clip_normalize, encode_text, load_clip, save_image_tower, truncate_tokens
 from .training import Trainer, autocast, resolve_device, seed_everything
 
@@ -163,12 +163,16 @@ class PairImages(torch.utils.data.Dataset):
         return dict(i=i, images=img, error=err, **{k: v[i] for k, v in self.extra.items()})
 
 # %% ../nbs/01d_image2prompt.ipynb #d5a1c03d
-def _toy_pair(rng, mismatch, size):
-    "One toy (prompt, image, matched) triple: a captioned scene, or with probability `mismatch` another scene's image."
+def _toy_pair(rng, mismatch, size, generator=None):
+    "One toy (prompt, image, matched) triple: a captioned scene, or with probability `mismatch` another scene's image; drawn plainly, or by toy `generator` (its attempt, its degradation)."
     scene, matched = random_scene(rng), bool(rng.uniform() >= mismatch)
-    img = draw_scene(scene if matched else random_scene(rng), size, rng)[0]
-    if rng.random() < 0.5: img = degrade(img, str(rng.choice(DEGRADATIONS)), rng.uniform(0, 0.4), rng)
-    return scene.caption(), img, matched
+    if generator is None:
+        img = draw_scene(scene if matched else random_scene(rng), size, rng)[0]
+        if rng.random() < 0.5: img = degrade(img, str(rng.choice(DEGRADATIONS)), rng.uniform(0, 0.4), rng)
+        return scene.caption(), img, matched
+    shown, _, strength = generator_attempt(generator, scene, rng)
+    img = draw_scene(shown if matched else random_scene(rng), size, rng)[0]
+    return scene.caption(), degrade(img, str(rng.choice(DEGRADATIONS)), strength, rng), matched
 
 def _png_bytes(img):
     b = io.BytesIO(); img.save(b, 'PNG'); return b.getvalue()
@@ -180,13 +184,15 @@ def _write_zip(path, files):
             for n, data in files.items(): zf.writestr(n, data)
     atomic_write(path, write)
 
-def make_toy_diffusiondb(out_dir, n_parts=4, per_part=500, size=64, mismatch=0.25, seed=0):
-    "Write a toy DiffusionDB in the real layout (`images/part-*.zip` + `metadata.parquet`, written last); return `out_dir`."
-    out_dir, rng, rows = Path(out_dir), np.random.default_rng(seed), []
+def make_toy_diffusiondb(out_dir, n_parts=4, per_part=500, size=64, mismatch=0.25, seed=0, generator=None):
+    "Write a toy DiffusionDB in the real layout (`images/part-*.zip` + `metadata.parquet`, written last); return `out_dir`. `generator`: the name of a toy generator that draws the images (e.g. 'toysd'); None: the plain renderer."
+    gens = {g.name: g for g in TOY_GENERATORS}
+    if generator is not None and generator not in gens: raise ValueError(f"no toy generator {generator!r}; there are {sorted(gens)}")
+    out_dir, rng, rows, gen = Path(out_dir), np.random.default_rng(seed), [], gens.get(generator)
     for k in range(1, n_parts + 1):
         files, recs = {}, {}
         for _ in range(per_part):
-            prompt, img, matched = _toy_pair(rng, mismatch, size)
+            prompt, img, matched = _toy_pair(rng, mismatch, size, gen)
             name = f"{uuid.UUID(bytes=rng.bytes(16), version=4)}.png"
             files[name], recs[name] = _png_bytes(img), dict(p=prompt, se=int(rng.integers(2**31)), st=50, c=7.0, sa='k_lms')
             rows.append(dict(image_name=name, prompt=prompt, part_id=k, seed=recs[name]['se'], step=50, cfg=7.0,

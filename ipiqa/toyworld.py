@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw, ImageFilter
 __all__ = ['COLORS', 'SHAPES', 'COUNTS', 'SIZES', 'POSITIONS', 'BACKGROUNDS', 'STYLES', 'DEGRADATIONS', 'CLASHES',
            'QUALITY_WORDS', 'CAPTIONS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION',
            'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade',
-           'quality_clause', 'web_caption', 'captioned_corpus', 'ToyGenerator', 'render_attempt', 'toy_agiqa_plan',
-           'eta_squared', 'agiqa_statistics', 'make_toy_agiqa', 'plot_toy_prompt']
+           'quality_clause', 'web_caption', 'captioned_corpus', 'ToyGenerator', 'render_attempt', 'generator_attempt',
+           'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'make_toy_agiqa', 'plot_toy_prompt']
 
 # %% ../nbs/00a_toyworld.ipynb #7ce57964
 COLORS = dict(red=(215, 35, 35), green=(40, 170, 50), blue=(40, 70, 225), yellow=(240, 215, 40),
@@ -234,6 +234,12 @@ def render_attempt(prompt: Scene, keep, rng, weights=None):
     return Scene(tuple(groups), bg, st), got / total
 
 # %% ../nbs/00a_toyworld.ipynb #9a83ab51
+def generator_attempt(g: ToyGenerator, prompt: Scene, rng, effort=0.10, weights=None):
+    "One image toy generator `g` makes for `prompt`: (the scene it shows, the weighted share of the prompt shown, its degradation strength); one draw of luck `effort` moves both."
+    e = rng.normal()
+    shown, frac = render_attempt(prompt, float(np.clip(g.fidelity + effort * e, 0.02, 1)), rng, weights)
+    return shown, frac, float(np.clip(g.strength - 1.5 * effort * e + rng.normal(0, 0.13), 0, 1))
+
 def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10, halo=0.1, weights=None):
     "The rows of a toy AGIQA set before drawing: prompt scene, what each image shows, its degradation, both MOS (raters weigh the prompt's elements by `weights`; the images do not depend on them)."
     rng, rows, seen = np.random.default_rng(seed), [], set()
@@ -244,9 +250,7 @@ def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10
     for p, sc in enumerate(prompts):
         for g in generators:
             for k in range(g.per_prompt):
-                e = rng.normal()
-                shown, frac = render_attempt(sc, float(np.clip(g.fidelity + effort * e, 0.02, 1)), rng, weights)
-                strength = float(np.clip(g.strength - 1.5 * effort * e + rng.normal(0, 0.13), 0, 1))
+                shown, frac, strength = generator_attempt(g, sc, rng, effort, weights)
                 rows.append(dict(name=f"{g.name}_{p:03d}_{k}.png", prompt=sc.caption(), scene=sc, shown=shown, generator=g.name,
                                  degradation=str(rng.choice(DEGRADATIONS)), strength=round(strength, 4),
                                  mos_quality=round(float(np.clip(5 - 4.2 * strength + rng.normal(0, 0.2), 0, 5)), 4),
