@@ -166,13 +166,11 @@ class PairImages(torch.utils.data.Dataset):
 def _toy_pair(rng, mismatch, size, generator=None):
     "One toy (prompt, image, matched) triple: a captioned scene, or with probability `mismatch` another scene's image; drawn plainly, or by toy `generator` (its attempt, its degradation)."
     scene, matched = random_scene(rng), bool(rng.uniform() >= mismatch)
-    if generator is None:
-        img = draw_scene(scene if matched else random_scene(rng), size, rng)[0]
-        if rng.random() < 0.5: img = degrade(img, str(rng.choice(DEGRADATIONS)), rng.uniform(0, 0.4), rng)
-        return scene.caption(), img, matched
-    shown, _, strength = generator_attempt(generator, scene, rng)
+    shown, _, strength = generator_attempt(generator, scene, rng) if generator else (scene, None, None)
     img = draw_scene(shown if matched else random_scene(rng), size, rng)[0]
-    return scene.caption(), degrade(img, str(rng.choice(DEGRADATIONS)), strength, rng), matched
+    if generator: img = degrade(img, str(rng.choice(DEGRADATIONS)), strength, rng)
+    elif rng.random() < 0.5: img = degrade(img, str(rng.choice(DEGRADATIONS)), rng.uniform(0, 0.4), rng)
+    return scene.caption(), img, matched
 
 def _png_bytes(img):
     b = io.BytesIO(); img.save(b, 'PNG'); return b.getvalue()
