@@ -4,6 +4,7 @@ configures it, at 224 and 512 px, and the projected wall time of the paper's pro
     python benchmarks/bench_ipiqa.py                                          # CPU: RN50, 224 and 512 px, batch 8, fp32
     python benchmarks/bench_ipiqa.py --device cuda --batch-size 40 --amp      # the paper's setting: batch 40, bf16
     python benchmarks/bench_ipiqa.py --device cuda --batch-size 40 --amp --compile
+    python benchmarks/bench_ipiqa.py --device cuda --batch-size 40 --amp --compile --sizes 512 --processes 2   # + two splits sharing the GPU
 
 Both sides are the same network (CLIP-RN50 trunk, attention pool, cross-modality pool, random init: the compute is
 the same as with OpenAI's weights) on the same uint8 images and prompts; they differ in how they are configured:
@@ -23,6 +24,7 @@ os.environ.setdefault('TQDM_DISABLE', '1')
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 import torch.nn as nn
 
 from ipiqa.model import build_ipiqa
@@ -97,8 +99,8 @@ def build(arch, size, device, authors):
     return model.to(device)
 
 
-def side(args, size, device, authors, base_pixels, texts):
-    "(train s/step, score s/image, trainable parameters, peak GiB) for one side at `size` px."
+def setup(args, size, device, authors, base_pixels, texts):
+    "(model, trainer, data, rows, cfg) of one side at `size` px."
     torch.manual_seed(0)
     model = build(args.arch, size, device, authors)
     cfg = TrainConfig(device=str(device), torch_compile=args.compile, **dict.fromkeys(('device_cache', 'channels_last', 'fused_adam'), args.fast))
@@ -109,6 +111,12 @@ def side(args, size, device, authors, base_pixels, texts):
     data.targets = torch.rand(len(texts), 2) * 5
     data, rows = fast_data(data, cfg), np.arange(len(texts))
     trainer = Trainer(model, mos_loss, 1e-5, device, args.amp, fused=fast_path(cfg, device)['fused_adam'])
+    return model, trainer, data, rows, cfg
+
+
+def side(args, size, device, authors, base_pixels, texts):
+    "(train s/step, score s/image, trainable parameters, peak GiB) for one side at `size` px."
+    model, trainer, data, rows, cfg = setup(args, size, device, authors, base_pixels, texts)
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     train = Batches(data, rows, args.batch_size, device, authors, True)
     step = timed(lambda: trainer.step(next(train)), device, args.repeat)
@@ -123,6 +131,40 @@ def side(args, size, device, authors, base_pixels, texts):
     per_image = timed(score, device, max(1, args.repeat // k), warmup=1) / (k * args.batch_size)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return step, per_image, n_train, peak, [k for k, on in fast_path(cfg, device).items() if on]
+
+
+def _sharing(args, size, texts, n, barrier, queue):
+    "One of `n` ipiqa training loops on one device: its images/s over a `--seconds` window that all start together."
+    logging.getLogger().setLevel(logging.ERROR)
+    device = torch.device(args.device)
+    if device.type == 'cpu': torch.set_num_threads(max(1, (args.threads or torch.get_num_threads()) // n))
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    model, trainer, data, rows, cfg = setup(args, size, device, False, pixels(len(texts), size), texts)
+    train = Batches(data, rows, args.batch_size, device, False, True)
+    for _ in range(3): trainer.update(next(train))  # compiled, optimizer state allocated
+    sync(); barrier.wait()
+    t, steps = time.perf_counter(), 0
+    while time.perf_counter() - t < args.seconds:
+        for _ in range(5): trainer.update(next(train))
+        sync(); steps += 5
+    queue.put(steps * args.batch_size / (time.perf_counter() - t))
+
+
+def sharing(args, size, texts, n):
+    "Training images/s of each of `n` ipiqa loops running at once on one device (several splits at a time, as"
+    " `torchrun --nproc_per_node` with more processes than GPUs runs them), each in its own process."
+    ctx = mp.get_context('spawn')
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_sharing, args=(args, size, texts, n, barrier, queue)) for _ in range(n)]
+    for p in procs: p.start()
+    rates = [queue.get() for _ in procs]
+    for p in procs: p.join()
+    return rates
+
+
+def pixels(n, size):
+    "`n` random uint8 images of `size` px, the same on every call."
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(size))
 
 
 def protocol_hours(step, score_per_image, batch_size):
@@ -142,9 +184,8 @@ def main(a):
           + (f", {torch.get_num_threads()} threads" if device.type == 'cpu' else f", {torch.cuda.get_device_name(device)}"))
     rows = []
     for size in a.sizes:
-        pixels = torch.randint(0, 256, (len(texts), 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(size))
         for authors in (True, False):
-            step, score, n_train, peak, parts = side(a, size, device, authors, pixels, texts)
+            step, score, n_train, peak, parts = side(a, size, device, authors, pixels(len(texts), size), texts)
             rows.append(dict(size=size, side="authors' release" if authors else 'ipiqa', step=step, score=score, n_train=n_train, peak=peak,
                              hours=protocol_hours(step, score, a.batch_size)))
             r = rows[-1]
@@ -154,6 +195,12 @@ def main(a):
         them, us = rows[-2], rows[-1]
         print(f"{size} px | ipiqa / authors': training {them['step'] / us['step']:.2f}x, scoring {them['score'] / us['score']:.2f}x | "
               f"AGIQA-3k protocol (10 splits x 100 epochs) projected: authors' {them['hours']:.2f} h, ipiqa {us['hours']:.2f} h", flush=True)
+        if a.processes > 1:  # the same loop timed alike (a wait for the device every 5 steps) with 1 process and with N
+            for n in (1, a.processes):
+                rates = sharing(a, size, texts, n)
+                print(f"{size} px | ipiqa, {n} split{'s' if n > 1 else ''} at once on one device | training {sum(rates):7.1f} images/s in all"
+                      + (f" ({', '.join(f'{r:.1f}' for r in rates)})" if n > 1 else '') + " | AGIQA-3k protocol projected: "
+                      f"{protocol_hours(a.batch_size / sum(rates), us['score'], a.batch_size):.2f} h", flush=True)
 
 
 if __name__ == '__main__':
@@ -162,9 +209,12 @@ if __name__ == '__main__':
     p.add_argument('--sizes', type=int, nargs='+', default=[224, 512]); p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--images', type=int, default=None, help='images (and distinct prompts) in the set; default 4 batches')
     p.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA only; ~20x slower on CPU)')
-    p.add_argument('--compile', action='store_true', help="torch.compile ipiqa's trunk (a minute or two first)")
+    p.add_argument('--compile', action='store_true', help="torch.compile ipiqa's trunk (about a minute first)")
     p.add_argument('--fast', default=None, type=lambda s: s.lower() == 'true', metavar='True|False',
                    help="force ipiqa's fast path (cache on the device, channels_last, fused Adam) on or off; default: as the harness does, on for CUDA")
     p.add_argument('--repeat', type=int, default=3); p.add_argument('--workers', type=int, default=2)
     p.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
+    p.add_argument('--processes', type=int, default=1, help="also run this many ipiqa training loops at once on the device, as several splits "
+                   "sharing one GPU under torchrun, and print their images/s in all")
+    p.add_argument('--seconds', type=float, default=15, help='the window in which --processes loops are timed together')
     main(p.parse_args())

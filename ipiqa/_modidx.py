@@ -212,6 +212,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'ipiqa.image2prompt.prepare_source': ('image2prompt.html#prepare_source', 'ipiqa/image2prompt.py'),
                                     'ipiqa.image2prompt.pretrain': ('image2prompt.html#pretrain', 'ipiqa/image2prompt.py'),
                                     'ipiqa.image2prompt.pretrain_preset': ('image2prompt.html#pretrain_preset', 'ipiqa/image2prompt.py'),
+                                    'ipiqa.image2prompt.process_group_backend': ( 'image2prompt.html#process_group_backend',
+                                                                                  'ipiqa/image2prompt.py'),
                                     'ipiqa.image2prompt.read_archive': ('image2prompt.html#read_archive', 'ipiqa/image2prompt.py'),
                                     'ipiqa.image2prompt.read_manifest': ('image2prompt.html#read_manifest', 'ipiqa/image2prompt.py'),
                                     'ipiqa.image2prompt.read_part': ('image2prompt.html#read_part', 'ipiqa/image2prompt.py'),

@@ -30,11 +30,11 @@ from .training import Trainer, autocast, resolve_device, seed_everything
 __all__ = ['PAPER_THRESHOLD', 'PRETRAIN_PRESETS', 'IMAGE_EXTS', 'RECORD_KEYS', 'RECORD_COLUMNS', 'pretrain_preset', 'PartRef',
            'archive_folder', 'metadata_file', 'read_manifest', 'list_parts', 'read_archive', 'read_part',
            'decode_image', 'PairImages', 'make_toy_diffusiondb', 'clip_input_size', 'encode_prompts', 'score_part',
-           'init_distributed', 'barrier', 'finish_distributed', 'plan_parts', 'choose_threshold', 'plot_similarities',
-           'assemble_pairs', 'Pairs', 'load_pairs', 'filter_pairs', 'roc_auc', 'with_toy_truth', 'filter_auc',
-           'cosine_loss', 'pair_cosines', 'ResumableSampler', 'pair_dataset', 'LossLog', 'Checkpointed', 'unwrap',
-           'save_checkpoint', 'load_checkpoint', 'plot_history', 'Pretrained', 'pretrain', 'prepare_source',
-           'image2prompt']
+           'init_distributed', 'process_group_backend', 'barrier', 'finish_distributed', 'plan_parts',
+           'choose_threshold', 'plot_similarities', 'assemble_pairs', 'Pairs', 'load_pairs', 'filter_pairs', 'roc_auc',
+           'with_toy_truth', 'filter_auc', 'cosine_loss', 'pair_cosines', 'ResumableSampler', 'pair_dataset', 'LossLog',
+           'Checkpointed', 'unwrap', 'save_checkpoint', 'load_checkpoint', 'plot_history', 'Pretrained', 'pretrain',
+           'prepare_source', 'image2prompt']
 
 # %% ../nbs/01d_image2prompt.ipynb #ea93767e
 PAPER_THRESHOLD = 0.35
@@ -236,10 +236,15 @@ def score_part(clip, tokenizer, records, batch_size=64, num_workers=0, device='c
 def init_distributed(device='auto'):
     "(rank, world size, device) of this process, joining torchrun's process group when `WORLD_SIZE` > 1."
     rank, world, dev = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), resolve_device(device)
-    if world > 1 and dev.type == 'cuda': dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))); torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', timeout=timedelta(hours=2))
+    if world > 1 and dev.type == 'cuda': dev = resolve_device('cuda'); torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized(): dist.init_process_group(process_group_backend(dev), timeout=timedelta(hours=2))
     return rank, world, dev
+
+def process_group_backend(device, local_world=None, n_gpus=None):
+    "NCCL when every process on this machine (`LOCAL_WORLD_SIZE`) has a GPU of its own; gloo on CPU and when processes share a GPU, which NCCL refuses."
+    if torch.device(device).type != 'cuda': return 'gloo'
+    local_world = int(os.environ.get('LOCAL_WORLD_SIZE', 1)) if local_world is None else local_world
+    return 'nccl' if local_world <= (torch.cuda.device_count() if n_gpus is None else n_gpus) else 'gloo'
 
 def barrier():
     if dist.is_available() and dist.is_initialized(): dist.barrier()

@@ -115,15 +115,17 @@ class IPIQAMethod(Method):
         return build_ipiqa(cfg.arch, cfg.pretrained, n_outputs, cfg.image_size, cfg.use_prompt, cfg.qa_token,
                            cfg.cross_init, cfg.head, cfg.image_encoder_ckpt, fusion=cfg.fusion)
     def start(self, model, data, rows, device='cpu'): start_from_targets(model, data, rows, device)
-    def compile(self, model): model.image.trunk.compile()  # the ResNet trunk is the cost; the text side changes shape with every batch
+    def compile(self, model): model.image.trunk.compile(dynamic=False)  # the ResNet trunk is the cost (the text side changes shape with every batch); static kernels: an epoch's last, smaller batch gets its own
 
 PRESETS = IPIQAMethod.presets  # IP-IQA's recipe per dataset
 
 # %% ../nbs/01c_training.ipynb #60093acf
-def resolve_device(device='auto'):
-    "'auto' → CUDA when available, else CPU; under torchrun (`LOCAL_RANK` set) a bare `cuda` is this process's GPU, `cuda:{LOCAL_RANK}`."
+def resolve_device(device='auto', n_gpus=None):
+    "'auto' → CUDA when available, else CPU; under torchrun (`LOCAL_RANK` set) a bare `cuda` is this process's GPU: `cuda:{LOCAL_RANK mod n_gpus}`, so more processes than GPUs share them."
     d = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device)
-    return torch.device('cuda', int(os.environ['LOCAL_RANK'])) if d.type == 'cuda' and d.index is None and 'LOCAL_RANK' in os.environ else d
+    if d.type != 'cuda' or d.index is not None or 'LOCAL_RANK' not in os.environ: return d
+    rank, n = int(os.environ['LOCAL_RANK']), torch.cuda.device_count() if n_gpus is None else n_gpus
+    return torch.device('cuda', rank % n if n else rank)
 
 def autocast(device, amp=True):
     "bf16 autocast on CUDA when `amp`; a no-op elsewhere."
