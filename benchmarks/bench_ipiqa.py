@@ -13,13 +13,14 @@ the same as with OpenAI's weights) on the same uint8 images and prompts; they di
   batch through the frozen text tower once, truncated after the longest [eot] (`batch_prompts`), only the [QA] vector
   trainable on the text side; a linear head; the fast path as the harness sets it (`ipiqa.training.fast_path`: on CUDA
   the cache on the GPU, channels_last and fused Adam; off on CPU unless `--fast True`); `--compile` adds `torch.compile`
-  of the trunk.
+  of the trunk. It scores with the model as the scorer loads it (`ipiqa.model.inference_model`: batch norm folded into
+  the convolutions, channels_last).
 - the authors' release (Coobiw/IP-IQA, with its [QA] token on): every image's prompt through the text tower at all 77
   positions; the whole 49,408 x 512 token-embedding table trainable (their [QA] token is a row of it), so gradients run
   back through the frozen text transformer; the positional embedding and text projection trainable; an MLP head;
   float images made on the host and copied to the device every step (pinned); default Adam; contiguous layout.
 """
-import argparse, dataclasses, itertools, logging, os, time
+import argparse, copy, dataclasses, itertools, logging, os, time
 os.environ.setdefault('TQDM_DISABLE', '1')
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from ipiqa.model import build_ipiqa
+from ipiqa.model import build_ipiqa, inference_model
 from ipiqa.scoring import image_set, prefill
 from ipiqa.training import IQAData, Trainer, TrainConfig, autocast, fast_data, fast_model, fast_path, mos_loss, predict
 from ipiqa.views import ResizedView
@@ -122,10 +123,11 @@ def side(args, size, device, authors, base_pixels, texts):
     step = timed(lambda: trainer.step(next(train)), device, args.repeat)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else float('nan')
     test, k = Batches(data, rows, args.batch_size, device, authors, False), 4
+    scorer = model if authors else inference_model(copy.deepcopy(model))  # ipiqa scores as `Scorer.load` loads: batch norm folded, channels_last
     def score():  # k test batches through ipiqa's `predict`, or the authors' forward
         batches = [next(test) for _ in range(k)]
         with torch.inference_mode():
-            if not authors: return predict(model, batches, device, args.amp)
+            if not authors: return predict(scorer, batches, device, args.amp)
             model.eval()
             with autocast(device, args.amp): return [model(b['images'], b['tokens'], b['prompt_index']).float().cpu() for b in batches]
     per_image = timed(score, device, max(1, args.repeat // k), warmup=1) / (k * args.batch_size)

@@ -1,7 +1,8 @@
 """Scoring speed: images/s of `ipiqa.scoring.Scorer` against the per-image path of the IP-IQA authors' release, in one run.
 
-Ours: each distinct prompt's text feature computed once per call (truncated to its own tokens), images sorted by
-prompt, `torch.inference_mode`. Per-image: the text tower re-run for every image over all 77 token positions, as
+Ours: the model as `Scorer.load` loads it (batch norm folded into the convolutions, channels_last), each distinct
+prompt's text feature computed once per call (truncated to its own tokens), images sorted by prompt,
+`torch.inference_mode`. Per-image: the text tower re-run for every image over all 77 token positions, as
 the authors' release does. Both decode the same PNG files in a thread pool and run the same image tower; the
 script checks that they give the same scores. Random-init weights: the compute is the same as with OpenAI's.
 Prints the figures, asserts nothing.
@@ -10,7 +11,7 @@ Prints the figures, asserts nothing.
     python benchmarks/bench_scoring.py --n-prompts 8 --threads 8
     python benchmarks/bench_scoring.py --device cuda --n-prompts 20 --batch-size 40
 """
-import argparse, os, tempfile, time
+import argparse, copy, os, tempfile, time
 os.environ.setdefault('TQDM_DISABLE', '1')
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ipiqa.data import load_images, make_toy_agiqa, read_agiqa3k
-from ipiqa.model import build_ipiqa
+from ipiqa.model import build_ipiqa, inference_model
 from ipiqa.scoring import Scorer
 from ipiqa.training import TrainConfig, Trained, autocast, get_method
 
@@ -70,7 +71,8 @@ def main(a):
             torch.manual_seed(0)
             model = build_ipiqa(a.arch, None, n_outputs=2, image_size=size, device=device).eval()
             cfg = TrainConfig(method='ipiqa', arch=a.arch, image_size=size, amp=a.amp)
-            scorer = Scorer([Trained(model, cfg, ['mos_quality', 'mos_align'], get_method('ipiqa'))], source='random init',
+            folded = inference_model(copy.deepcopy(model))   # as `Scorer.load` loads a checkpoint: batch norm folded, channels_last
+            scorer = Scorer([Trained(folded, cfg, ['mos_quality', 'mos_align'], get_method('ipiqa'))], source='random init',
                             batch_size=a.batch_size, num_workers=a.workers)
             w = len(paths) if device.type == 'cuda' else 2      # warm-up (on CUDA: every batch shape, cuDNN's choices)
             scorer(paths[:w], prompts[:w]); per_image(model, paths[:w], prompts[:w], size, a.batch_size, a.workers, device, a.amp)

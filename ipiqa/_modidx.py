@@ -258,6 +258,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'ipiqa.model.build_ipiqa': ('model.html#build_ipiqa', 'ipiqa/model.py'),
                              'ipiqa.model.clip_normalize': ('model.html#clip_normalize', 'ipiqa/model.py'),
                              'ipiqa.model.encode_text': ('model.html#encode_text', 'ipiqa/model.py'),
+                             'ipiqa.model.fold_batchnorm': ('model.html#fold_batchnorm', 'ipiqa/model.py'),
+                             'ipiqa.model.inference_model': ('model.html#inference_model', 'ipiqa/model.py'),
                              'ipiqa.model.interpolate_pos_embed': ('model.html#interpolate_pos_embed', 'ipiqa/model.py'),
                              'ipiqa.model.is_torchscript': ('model.html#is_torchscript', 'ipiqa/model.py'),
                              'ipiqa.model.load_clip': ('model.html#load_clip', 'ipiqa/model.py'),

@@ -17,7 +17,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 __all__ = ['OPENAI_EXTRA_KEYS', 'MODEL_CONFIGS', 'TOY_CLIP_TAGS', 'FUSIONS', 'is_torchscript', 'openai_state_dict',
            'pretrained_weights', 'load_clip', 'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower',
            'save_image_tower', 'load_image_tower', 'truncate_tokens', 'encode_text', 'PromptEncoder', 'batch_prompts',
-           'CrossModalAttentionPool', 'make_head', 'IPIQA', 'build_ipiqa']
+           'CrossModalAttentionPool', 'make_head', 'IPIQA', 'build_ipiqa', 'fold_batchnorm', 'inference_model']
 
 # %% ../nbs/01_model.ipynb #92fd95dc
 OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')  # in OpenAI's state dicts, not in open_clip's
@@ -280,3 +280,24 @@ def build_ipiqa(arch='RN50', pretrained=None, n_outputs=1, image_size=512, use_p
     model = IPIQA(clip, tokenizer, n_outputs, image_size, use_prompt, qa_token, cross_init, head, fusion)
     if image_encoder_ckpt: load_image_tower(model.image, image_encoder_ckpt, arch)
     return model.to(device)
+
+# %% ../nbs/01_model.ipynb #d5416ac1
+def fold_batchnorm(module):
+    "Each Conv2d followed by its BatchNorm2d (a block's `convK`/`bnK`, or one after the other in a Sequential) made one Conv2d, in place, for eval mode only: `module`."
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    pairs = []
+    for m in module.modules():
+        names = list(m._modules)
+        pairs += [(m, f'conv{k}', f'bn{k}') for k in range(1, 10) if f'conv{k}' in m._modules and f'bn{k}' in m._modules]
+        if isinstance(m, nn.Sequential): pairs += [(m, a, b) for a, b in zip(names, names[1:])]
+    for m, a, b in pairs:
+        conv, bn = m._modules[a], m._modules[b]
+        if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+            m._modules[a], m._modules[b] = fuse_conv_bn_eval(conv.eval(), bn.eval()), nn.Identity()
+    return module
+
+def inference_model(model):
+    "`model` made for scoring only, in place: eval mode, batch norm folded into the convolutions (`fold_batchnorm`), channels_last, no gradients."
+    fold_batchnorm(model.eval()).to(memory_format=torch.channels_last)
+    for p in model.parameters(): p.requires_grad_(False)
+    return model

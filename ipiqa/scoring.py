@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .baselines import CLIPIQA_PROMPTS, clipiqa, clipscore
 from .data import AGIQASet, NativeImages, atomic_write, atomic_write_csv, check_run_config
-from .model import TOY_CLIP_TAGS, ImageTower, PromptEncoder, _NotRandom, clip_normalize, load_clip, truncate_tokens
+from .model import TOY_CLIP_TAGS, ImageTower, PromptEncoder, _NotRandom, clip_normalize, inference_model, load_clip, truncate_tokens
 from .training import (RESUME_KEYS, IQAData, Method, TrainConfig, Trained, _save, checkpoint, fit, get_method,
                             load_trained, predict, resolve_device, seed_everything)
 from .views import CropView, ResizedView, crop_positions
@@ -121,7 +121,7 @@ def load_zero_shot(kind, pretrained='openai', arch=None, device='cpu'):
     model = ZeroShot(*load_clip(arch, pretrained), kind)
     column, score_range = ZERO_SHOT_MODELS[kind]
     cfg = TrainConfig(method='zero-shot', arch=arch, pretrained=pretrained, image_size=model.size, amp=True)
-    return Trained(model.to(device).eval(), cfg, [column], ZeroShotMethod(), score_range)
+    return Trained(inference_model(model.to(device)), cfg, [column], ZeroShotMethod(), score_range)
 
 # %% ../nbs/08_scoring.ipynb #aabf507a
 class ModelError(ValueError):
@@ -143,12 +143,14 @@ def model_files(path, ensemble=False):
 
 # %% ../nbs/08_scoring.ipynb #23279a22
 def load_member(path, device='cpu'):
-    "`load_trained(path, device)`, any failure one `ModelError` naming the file (and no 'initialized randomly': every weight is the file's)."
+    "`load_trained(path, device)` made for scoring only (`inference_model`), any failure one `ModelError` naming the file (and no 'initialized randomly': every weight is the file's)."
     quiet = _NotRandom(); logging.getLogger().addFilter(quiet)
-    try: return load_trained(path, device)
+    try: trained = load_trained(path, device)
     except ValueError as e: raise ModelError(str(e)) from e
     except Exception as e: raise ModelError(f"{path}: cannot be loaded as an ipiqa model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     finally: logging.getLogger().removeFilter(quiet)
+    inference_model(trained.model)
+    return trained
 
 def reads_prompt(model):
     "Does `model` read the prompt? A blind model tokenizes every prompt to the same placeholder."
