@@ -288,7 +288,7 @@ def fold_batchnorm(module):
     pairs = []
     for m in module.modules():
         names = list(m._modules)
-        pairs += [(m, f'conv{k}', f'bn{k}') for k in range(1, 10) if f'conv{k}' in m._modules and f'bn{k}' in m._modules]
+        pairs += [(m, a, 'bn' + a[4:]) for a in names if a.startswith('conv') and 'bn' + a[4:] in m._modules]
         if isinstance(m, nn.Sequential): pairs += [(m, a, b) for a, b in zip(names, names[1:])]
     for m, a, b in pairs:
         conv, bn = m._modules[a], m._modules[b]

@@ -121,7 +121,7 @@ def load_zero_shot(kind, pretrained='openai', arch=None, device='cpu'):
     model = ZeroShot(*load_clip(arch, pretrained), kind)
     column, score_range = ZERO_SHOT_MODELS[kind]
     cfg = TrainConfig(method='zero-shot', arch=arch, pretrained=pretrained, image_size=model.size, amp=True)
-    return Trained(inference_model(model.to(device)), cfg, [column], ZeroShotMethod(), score_range)
+    return Trained(model.to(device).eval(), cfg, [column], ZeroShotMethod(), score_range)
 
 # %% ../nbs/08_scoring.ipynb #aabf507a
 class ModelError(ValueError):
@@ -143,14 +143,12 @@ def model_files(path, ensemble=False):
 
 # %% ../nbs/08_scoring.ipynb #23279a22
 def load_member(path, device='cpu'):
-    "`load_trained(path, device)` made for scoring only (`inference_model`), any failure one `ModelError` naming the file (and no 'initialized randomly': every weight is the file's)."
+    "`load_trained(path, device)`, any failure one `ModelError` naming the file (and no 'initialized randomly': every weight is the file's)."
     quiet = _NotRandom(); logging.getLogger().addFilter(quiet)
-    try: trained = load_trained(path, device)
+    try: return load_trained(path, device)
     except ValueError as e: raise ModelError(str(e)) from e
     except Exception as e: raise ModelError(f"{path}: cannot be loaded as an ipiqa model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     finally: logging.getLogger().removeFilter(quiet)
-    inference_model(trained.model)
-    return trained
 
 def reads_prompt(model):
     "Does `model` read the prompt? A blind model tokenizes every prompt to the same placeholder."
@@ -180,14 +178,16 @@ class Scorer:
 # %% ../nbs/08_scoring.ipynb #f2e592b5
 @patch(cls_method=True)
 def load(cls: Scorer, path, device='auto', batch_size=32, pretrained=None, arch=None, ensemble=False, **kwargs):
-    "A run folder (its `final/model.pt`, else its `split*/model.pt` averaged), one `model.pt`, or a baseline name on CLIP `pretrained`."
+    "A run folder (its `final/model.pt`, else its `split*/model.pt` averaged), one `model.pt`, or a baseline name on CLIP `pretrained`; every model made for scoring only (`inference_model`)."
     device = resolve_device(device)
     if str(path).lower() in BASELINES and not Path(path).exists():
-        try: member = load_zero_shot(str(path).lower(), pretrained or 'openai', arch, device)
+        try: members, kind = [load_zero_shot(str(path).lower(), pretrained or 'openai', arch, device)], 'zero-shot'
         except Exception as e: raise ModelError(f"{path} (pretrained={pretrained or 'openai'!r}, arch={arch!r}): cannot load its CLIP ({type(e).__name__}: {e})") from e
-        return cls([member], 'zero-shot', path, batch_size, **kwargs)
-    kind, files = model_files(path, ensemble)
-    return cls([load_member(f, device) for f in files], kind, path, batch_size, **kwargs)
+    else:
+        kind, files = model_files(path, ensemble)
+        members = [load_member(f, device) for f in files]
+    for m in members: inference_model(m.model)
+    return cls(members, kind, path, batch_size, **kwargs)
 
 # %% ../nbs/08_scoring.ipynb #14bcbaa3
 def _view_words(view):
