@@ -25,11 +25,11 @@ from .views import ResizedView
 # %% auto #0
 __all__ = ['SELECT', 'SPLITS', 'RESUME_KEYS', 'METHODS', 'METHOD_MODULES', 'PRESETS', 'OPTIMIZERS', 'TrainConfig', 'config_from',
            'Method', 'register_method', 'get_method', 'IPIQAMethod', 'resolve_device', 'autocast', 'seed_everything',
-           'IQADataset', 'collate_iqa', 'cache_on_device', 'IQAData', 'to_device', 'Trainer', 'mos_loss', 'predict',
-           'fast_path', 'fast_model', 'fast_data', 'init_head_bias', 'similarities', 'start_from_targets',
-           'similarity_srcc', 'selection_part', 'mean_srcc', 'StateSaver', 'fit', 'train_split', 'checkpoint',
-           'CVResult', 'make_splits', 'cv_ranks', 'cross_validate', 'plot_predictions', 'cli_parser', 'main', 'Trained',
-           'load_trained', 'score_images']
+           'IQADataset', 'collate_iqa', 'cache_on_device', 'ShardedBatches', 'IQAData', 'to_device', 'TeamModel',
+           'Trainer', 'mos_loss', 'predict', 'fast_path', 'fast_model', 'fast_data', 'init_head_bias', 'similarities',
+           'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'StateSaver', 'fit', 'train_split',
+           'SplitTeam', 'split_teams', 'make_team', 'checkpoint', 'CVResult', 'make_splits', 'cv_ranks',
+           'cross_validate', 'plot_predictions', 'cli_parser', 'main', 'Trained', 'load_trained', 'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 SELECT = ('last', 'val', 'best_on_test')
@@ -55,6 +55,7 @@ class TrainConfig:
     device: str = _local('auto'); amp: bool = _local(None); num_workers: int = _local(4)  # amp None: the method's preset
     # the fast path (`fast_path`): None = on for CUDA, off elsewhere; the same run within float tolerance either way
     device_cache: bool = _local(None); channels_last: bool = _local(None); fused_adam: bool = _local(None); torch_compile: bool = _local(False)
+    ranks_per_split: int = _local(1)  # under torchrun: this many ranks train each split together (DDP), for more GPUs than splits
     save_share: float = _local(0.05)  # the resume state is saved after an epoch unless that would spend more than this share of the time
 
     def resolved(self):
@@ -169,6 +170,12 @@ def cache_on_device(images, device, free=None, share=0.5):
         return images
     return images.to(device)
 
+class ShardedBatches(torch.utils.data.Sampler):
+    "Part `i` of `n` (rows i, i+n, ...) of every batch of `batches`, a batch sampler; a batch of fewer than `n` rows whole, so no rank steps on nothing."
+    def __init__(self, batches, i, n): self.batches, self.i, self.n = batches, i, n
+    def __len__(self): return len(self.batches)
+    def __iter__(self): return (b[self.i::self.n] if len(b) >= self.n else b for b in self.batches)
+
 class IQAData:
     "An `AGIQASet` ready for training: images prepared once by `view` (or squashed to `view` px), prompts tokenized once by `tokenize`."
     def __init__(self, ds: AGIQASet, view, tokenize, num_workers=4):
@@ -188,11 +195,14 @@ class IQAData:
             self._on[device] = moved
         return self._on[device]
 
-    def loader(self, rows, batch_size, shuffle=False, seed=0, train=False):
-        "A DataLoader over table rows `rows`: training views when `train`, else every test view; shuffled (seeded) when `shuffle`."
+    def loader(self, rows, batch_size, shuffle=False, seed=0, train=False, shard=None):
+        "A DataLoader over table rows `rows`: training views when `train`, else every test view; shuffled (seeded) when `shuffle`; `shard=(i, n)`: part i of n of every batch (`ShardedBatches`)."
         ds = IQADataset(self.view, self.images, self.prompt_ids, self.targets, rows, train, seed)
         if not train: batch_size = self.view.test_batch(self.images, batch_size)
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+        g = torch.Generator().manual_seed(seed)   # the loader draws its worker seed from it, then the sampler its order
+        order = torch.utils.data.RandomSampler(ds, generator=g) if shuffle else torch.utils.data.SequentialSampler(ds)
+        batches = torch.utils.data.BatchSampler(order, batch_size, drop_last=False)
+        return torch.utils.data.DataLoader(ds, batch_sampler=ShardedBatches(batches, *shard) if shard else batches, generator=g,
                                            collate_fn=lambda b: collate_iqa(b, self.token_table))
 
 # %% ../nbs/01c_training.ipynb #a4e144b1
@@ -201,11 +211,19 @@ def to_device(batch, device):
 
 OPTIMIZERS = dict(adam=torch.optim.Adam, adamw=torch.optim.AdamW)
 
+class TeamModel(nn.parallel.DistributedDataParallel):
+    "DDP that also answers its model's attributes (`model.score_range`), so a loss takes it as the model; the loss must call it, not its methods."
+    def __getattr__(self, name):
+        try: return super().__getattr__(name)
+        except AttributeError: return getattr(self.module, name)
+
 class Trainer:
-    "Adam(W) over `model`'s trainable parameters (or `param_groups`; `fused`: torch's fused kernel); `loss_fn(model, batch)` gives the loss of a batch."
+    "Adam(W) over `model`'s trainable parameters (or `param_groups`; `fused`: torch's fused kernel); `loss_fn(model, batch)` gives the loss of a batch; `ddp_group`: average the gradients over that process group (DDP)."
     def __init__(self, model, loss_fn, lr, device='cpu', amp=True, weight_decay=0.0, optimizer='adam', param_groups=None,
-                 total_steps=None, warmup=0.1, fused=None):
+                 total_steps=None, warmup=0.1, fused=None, ddp_group=None):
         self.model, self.loss_fn, self.device, self.amp = model, loss_fn, torch.device(device), amp
+        self.net = model if ddp_group is None else TeamModel(   # what the loss runs; `model` is what is saved
+            model, device_ids=[self.device.index] if self.device.type == 'cuda' else None, process_group=ddp_group, find_unused_parameters=True)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = OPTIMIZERS[optimizer](param_groups or self.params, lr=lr, weight_decay=weight_decay, **(dict(fused=True) if fused else {}))  # else torch's own pick (foreach on CUDA)
         self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, lr, total_steps=total_steps, pct_start=warmup)
@@ -214,7 +232,7 @@ class Trainer:
     def update(self, batch):
         "One optimizer step on `batch`; its loss as a detached tensor, on the device (reading it would wait for the step)."
         self.model.train()
-        with autocast(self.device, self.amp): loss = self.loss_fn(self.model, to_device(batch, self.device))
+        with autocast(self.device, self.amp): loss = self.loss_fn(self.net, to_device(batch, self.device))
         self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
         if self.sched: self.sched.step()
         return loss.detach()
@@ -323,14 +341,17 @@ class StateSaver:
 
 def _stop_early(state, patience): return bool(patience) and state['best_epoch'] is not None and state['epoch'] - state['best_epoch'] >= patience
 
-def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key, loss_fn=None, part=None, part_rows=None, desc=None):
-    "Train a copy of `base_model` on `train_rows` by `cfg` (resumable through `sdir/state.pt`); with a selection `part`, keep its best epoch: (model, epoch, history)."
+def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key, loss_fn=None, part=None, part_rows=None, desc=None, team=None):
+    "Train a copy of `base_model` on `train_rows` by `cfg` (resumable through `sdir/state.pt`); with a selection `part`, keep its best epoch: (model, epoch, history). `team`: a `SplitTeam` shares each batch."
     device, method = resolve_device(cfg.device), get_method(cfg.method)
     data = fast_data(data, cfg)
     seed_everything(cfg.seed, seed_key)
-    model = fast_model(copy.deepcopy(base_model).to(device), cfg, device, method)
+    model = copy.deepcopy(base_model).to(device)
+    if team and device.type == 'cuda': model = nn.SyncBatchNorm.convert_sync_batchnorm(model, team.group)  # the whole batch's statistics
+    model = fast_model(model, cfg, device, method)
     method.start(model, data, train_rows, device)
-    trainer = Trainer(model, loss_fn or method.loss, cfg.lr, device, cfg.amp, cfg.weight_decay, fused=fast_path(cfg, device)['fused_adam'])
+    trainer = Trainer(model, loss_fn or method.loss, cfg.lr, device, cfg.amp, cfg.weight_decay, fused=fast_path(cfg, device)['fused_adam'],
+                      ddp_group=team.group if team else None)
     sel_loader = data.loader(part_rows, cfg.batch_size) if part else None
     state, saver = dict(epoch=0, history=[], best=None, best_epoch=None, best_score=-np.inf), StateSaver(sdir/'state.pt', cfg.save_share)
     if (sdir/'state.pt').is_file():
@@ -338,25 +359,64 @@ def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key,
     for epoch in tqdm(range(state['epoch'], cfg.epochs), desc=desc or f'split {seed_key}', initial=state['epoch'], total=cfg.epochs, leave=False):
         if _stop_early(state, cfg.patience): break
         seed = seed_everything(cfg.seed, seed_key, epoch)
-        rec = dict(epoch=epoch + 1, train_loss=trainer.train_epoch(data.loader(train_rows, cfg.batch_size, True, seed, train=True), desc=f'epoch {epoch + 1}'))
+        loss = trainer.train_epoch(data.loader(train_rows, cfg.batch_size, True, seed, train=True, shard=team and team.shard), desc=f'epoch {epoch + 1}')
+        rec = dict(epoch=epoch + 1, train_loss=team.mean(loss, device) if team else loss)
         if part:
-            rec[f'{part}_srcc'] = mean_srcc(predict(model, sel_loader, device, cfg.amp, method), data.targets[part_rows].numpy())
+            srcc = mean_srcc(predict(model, sel_loader, device, cfg.amp, method), data.targets[part_rows].numpy())
+            rec[f'{part}_srcc'] = team.leaders(srcc, device) if team else srcc  # one decision for the whole team
             if rec[f'{part}_srcc'] > state['best_score']:
                 state.update(best=_cpu_state(model), best_epoch=epoch + 1, best_score=rec[f'{part}_srcc'])
         state['history'].append(rec); state['epoch'] = epoch + 1
-        saver(dict(state, trainer=trainer.state_dict()))
+        if not team or team.leads: saver(dict(state, trainer=trainer.state_dict()))
     epoch = state['epoch']
     if part and state['best'] is not None: model.load_state_dict(state['best']); epoch = state['best_epoch']
     return model, epoch, state['history']
 
-def train_split(base_model, data: IQAData, splits, split, cfg: TrainConfig, out_dir, loss_fn=None):
-    "Train a copy of `base_model` on `split` by `cfg.method`, select an epoch by `cfg.select`; per-target test metrics and predictions."
+def train_split(base_model, data: IQAData, splits, split, cfg: TrainConfig, out_dir, loss_fn=None, team=None):
+    "Train a copy of `base_model` on `split` by `cfg.method`, select an epoch by `cfg.select`; per-target test metrics and predictions (None on a `team`'s other ranks: its leader writes them)."
     sdir = Path(out_dir)/f'split{split}'
     if (sdir/'metrics.csv').is_file(): return pd.read_csv(sdir/'metrics.csv'), pd.read_csv(sdir/'predictions.csv')
     rows = {p: split_indices(splits, data.ds.table, split, p) for p in ('train', 'val', 'test')}
     part = selection_part(cfg.select)
-    model, epoch, history = fit(base_model, data, rows['train'], cfg, sdir, split, loss_fn, part, rows.get(part))
+    model, epoch, history = fit(base_model, data, rows['train'], cfg, sdir, split, loss_fn, part, rows.get(part), team=team)
+    if team and not team.leads: return None
     return _finish_split(model, data, rows['test'], split, epoch, cfg, sdir, history)
+
+# %% ../nbs/01c_training.ipynb #a7a0a9d0
+@dataclass
+class SplitTeam:
+    "The ranks that train one split together: their process `group`, this rank's `index` among them, their number `size`."
+    group: object; index: int; size: int
+
+    @property
+    def leads(self): return self.index == 0            # the leader writes the split's files
+    @property
+    def shard(self): return (self.index, self.size)    # this rank's part of every batch (`IQAData.loader`)
+
+    def mean(self, value, device):
+        "The team's mean of a float."
+        t = torch.tensor([float(value)], dtype=torch.float64, device=device); dist.all_reduce(t, group=self.group)
+        return float(t) / self.size
+
+    def leaders(self, value, device):
+        "The leader's float, on every rank of the team."
+        t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        dist.broadcast(t, dist.get_global_rank(self.group, 0), group=self.group)
+        return float(t)
+
+# %% ../nbs/01c_training.ipynb #d2c77246
+def split_teams(rank, world, ranks_per_split=1):
+    "(team number, number of teams, index in the team) of `rank` when consecutive ranks form teams of `ranks_per_split`."
+    if ranks_per_split < 1 or world % ranks_per_split:
+        raise ValueError(f"ranks_per_split={ranks_per_split} must divide the number of processes ({world}): launch a multiple of it with torchrun")
+    return rank // ranks_per_split, world // ranks_per_split, rank % ranks_per_split
+
+def make_team(rank, world, ranks_per_split=1):
+    "`split_teams` with this rank's `SplitTeam` last (None: the rank trains its splits alone); every rank makes every team's group, as torch.distributed asks."
+    no, n, index = split_teams(rank, world, ranks_per_split)
+    if ranks_per_split == 1: return no, n, None
+    groups = [dist.new_group(list(range(t * ranks_per_split, (t + 1) * ranks_per_split))) for t in range(n)]
+    return no, n, SplitTeam(groups[no], index, ranks_per_split)
 
 # %% ../nbs/01c_training.ipynb #f3654171
 def checkpoint(model, cfg, ds, epoch):
@@ -407,7 +467,7 @@ def _await_splits(out_dir, ids, timeout=120):
                        "the run folder must be on a filesystem that every rank sees")
 
 def cross_validate(cfg: TrainConfig, ds: AGIQASet, out_dir, splits=None, data=None, loss_fn=None):
-    "Train and test `cfg.method` on every split of `ds` (resuming what `out_dir` holds; under torchrun rank r of N takes splits r, r+N, ...); the gathered results."
+    "Train and test `cfg.method` on every split of `ds` (resuming what `out_dir` holds; under torchrun rank r of N takes splits r, r+N, ..., or with `ranks_per_split` k, team r // k of N / k does); the gathered results."
     cfg, out_dir = cfg.resolved(), Path(out_dir)
     rank, world = cv_ranks(cfg.device)
     check_run_config(asdict(cfg), out_dir/'config.json', RESUME_KEYS, work=['split*/metrics.csv', 'split*/state.pt'])  # rank 0 writes
@@ -415,12 +475,13 @@ def cross_validate(cfg: TrainConfig, ds: AGIQASet, out_dir, splits=None, data=No
     if rank == 0: atomic_write_csv(splits, out_dir/'splits.csv')
     if world > 1: dist.barrier()  # every rank has checked config.json before any rank trains
     ids, base, method = sorted(splits['split'].unique()), None, get_method(cfg.method)
-    mine = ids[rank::world]
+    team_no, n_teams, team = make_team(rank, world, cfg.ranks_per_split)
+    mine = ids[team_no::n_teams]
     if not all(_done(out_dir, i) for i in mine):  # finished splits need no model, no images
         seed_everything(cfg.seed)
         base = method.build(cfg, len(ds.targets), ds.score_range)
         data = data or IQAData(ds, method.view(cfg), base.tokenize, cfg.num_workers)
-    for i in tqdm(mine, desc='splits'): train_split(base, data, splits, i, cfg, out_dir, loss_fn)
+    for i in tqdm(mine, desc='splits'): train_split(base, data, splits, i, cfg, out_dir, loss_fn, team)
     if world > 1: dist.barrier(); _await_splits(out_dir, ids)
     results = [train_split(base, data, splits, i, cfg, out_dir) for i in ids]  # all finished: read back from disk
     metrics, preds = pd.concat([r[0] for r in results], ignore_index=True), pd.concat([r[1] for r in results], ignore_index=True)
