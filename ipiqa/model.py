@@ -15,9 +15,10 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 # %% auto #0
 __all__ = ['OPENAI_EXTRA_KEYS', 'MODEL_CONFIGS', 'TOY_CLIP_TAGS', 'FUSIONS', 'is_torchscript', 'openai_state_dict',
-           'pretrained_weights', 'load_clip', 'interpolate_pos_embed', 'AttentionPool', 'clip_normalize', 'ImageTower',
-           'save_image_tower', 'load_image_tower', 'truncate_tokens', 'encode_text', 'PromptEncoder', 'batch_prompts',
-           'CrossModalAttentionPool', 'make_head', 'IPIQA', 'build_ipiqa', 'fold_batchnorm', 'inference_model']
+           'pretrained_weights', 'is_toy_clip_file', 'load_clip', 'interpolate_pos_embed', 'AttentionPool',
+           'clip_normalize', 'ImageTower', 'save_image_tower', 'load_image_tower', 'truncate_tokens', 'encode_text',
+           'PromptEncoder', 'batch_prompts', 'CrossModalAttentionPool', 'make_head', 'IPIQA', 'build_ipiqa',
+           'fold_batchnorm', 'inference_model']
 
 # %% ../nbs/01_model.ipynb #92fd95dc
 OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')  # in OpenAI's state dicts, not in open_clip's
@@ -51,25 +52,34 @@ class _NotRandom(logging.Filter):  # open_clip says "initialized randomly" befor
 
 TOY_CLIP_TAGS = {'toy': 'exact', 'toy-web': 'web'}  # pretrained tag -> the captions that toy CLIP learned from (`ipiqa.toyclip`)
 
-def _load_toy_clip(arch, device, captions='exact'):
+def _load_toy_clip(arch, device, captions='exact', path=None):
     from ipiqa.toyclip import toy_clip_file, toy_clip_state
-    path = toy_clip_file(arch, captions)
-    if not path.is_file(): raise FileNotFoundError(f"no toy CLIP {arch} pre-trained on {captions} captions ({path}); make it with "
-                                                   f"`python -m ipiqa.toyclip --arch {arch} --captions {captions}`")
+    path = path or toy_clip_file(arch, captions)
+    if not Path(path).is_file(): raise FileNotFoundError(f"no toy CLIP {arch} pre-trained on {captions} captions ({path}); make it with "
+                                                         f"`python -m ipiqa.toyclip --arch {arch} --captions {captions}`")
+    sd, meta = toy_clip_state(path)
+    if meta['arch'] != arch: raise ValueError(f"{path} is a toy {meta['arch']}, not a {arch}")
     f = _NotRandom(); logging.getLogger().addFilter(f)
     try: model = open_clip.create_model(arch, pretrained=None, device=device)
     finally: logging.getLogger().removeFilter(f)
-    model.load_state_dict(toy_clip_state(path)[0])
+    model.load_state_dict(sd)
     return model.eval(), open_clip.get_tokenizer(arch)
 
+def is_toy_clip_file(path):
+    "Is `path` a toy CLIP file as `python -m ipiqa.toyclip` writes it (its used token rows apart)?"
+    if not zipfile.is_zipfile(path): return False
+    with zipfile.ZipFile(path) as z: names = z.namelist()
+    return any(n.endswith('/data.pkl') for n in names) and isinstance(ck := torch.load(path, map_location='cpu', weights_only=False, mmap=True), dict) and 'token_rows' in ck
+
 def load_clip(arch='RN50', pretrained=None, device='cpu'):
-    "An open_clip CLIP `arch` and its tokenizer; `pretrained` is an open_clip tag, a local weight file, 'toy' / 'toy-web' (`TOY_CLIP_TAGS`) or None (random)."
+    "An open_clip CLIP `arch` and its tokenizer; `pretrained` is an open_clip tag, a local weight file, 'toy' / 'toy-web' (`TOY_CLIP_TAGS`), a toy CLIP file (`python -m ipiqa.toyclip --out`) or None (random)."
     if arch not in open_clip.list_models(): raise ValueError(f"unknown CLIP arch {arch!r}; ResNet ones: {[m for m in open_clip.list_models() if m.startswith('RN')]}")
     if pretrained in (None, '', 'none', 'random'): pretrained = None
     elif pretrained in TOY_CLIP_TAGS: return _load_toy_clip(arch, device, TOY_CLIP_TAGS[pretrained])
     elif not Path(pretrained).is_file() and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
         raise FileNotFoundError(f"pretrained={pretrained!r} is neither a file nor an open_clip tag for {arch} "
                                 f"(tags: {open_clip.list_pretrained_tags_by_model(arch)}; {list(TOY_CLIP_TAGS)} for the project's toy CLIPs)")
+    elif Path(pretrained).is_file() and is_toy_clip_file(pretrained): return _load_toy_clip(arch, device, path=pretrained)
     quick_gelu, openai_sd = pretrained_weights(arch, pretrained)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*TorchScript archive.*')

@@ -131,12 +131,13 @@ def plot_similarity(images, texts, sim, path=None, n=8):
 
 # %% ../nbs/01h_toyclip.ipynb #45ce81f4
 def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
-    "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`; `captions='web'` for partial captions) and save it to `out` (default: the shipped file)."
+    "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`; `captions='web'` for partial captions, `photo_share` for a web of mostly photos) and save it to `out` (default: the shipped file)."
     import open_clip
-    captions = recipe.get('captions', 'exact')   # in the recipe only when not 'exact', as in the shipped files
+    captions, photos = recipe.get('captions', 'exact'), recipe.get('photo_share')   # in the recipe only when set, as in the shipped files
+    if photos is not None and out is None: raise ValueError("a toy CLIP with photo_share is not one of the shipped files: give `out`")
     r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch, captions], **recipe}
-    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=captions)
-    clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words', 'captions')}, device=device, corpus=corpus)
+    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=captions, photo_share=photos)
+    clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words', 'captions', 'photo_share')}, device=device, corpus=corpus)
     _, tok = load_clip(arch, None)
     words = corpus[1] + [s.caption() for s in corpus[2]]   # every word of the world's prompts keeps a row, said in training or not
     return save_toy_clip(clip, out or toy_clip_file(arch, captions), arch, used_token_ids(tok, words), recipe=r, history=history,
@@ -149,6 +150,8 @@ def toyclip(
     steps: int = TOY_CLIP_RECIPE['steps'],  # training steps
     seed: int = TOY_CLIP_RECIPE['seed'],  # seed of the corpus, the init and the batches
     captions: str = 'exact',  # 'exact' (all of each scene, as the shipped CLIPs) or 'web' (part of it, like alt-text)
+    photo_share: float = None,  # share of photos in the corpus (default: every style alike); needs --out
     device: str = 'cpu'):  # 'cpu' or 'cuda'
     "Pre-train a toy CLIP on the toy world's captioned scenes (see nbs/01h_toyclip.ipynb); prints the file written."
-    print(build_toy_clip(arch, out, device, steps=steps, seed=seed, **({} if captions == 'exact' else dict(captions=captions))))
+    recipe = {**({} if captions == 'exact' else dict(captions=captions)), **({} if photo_share is None else dict(photo_share=photo_share))}
+    print(build_toy_clip(arch, out, device, steps=steps, seed=seed, **recipe))

@@ -15,8 +15,9 @@ from PIL import Image, ImageDraw, ImageFilter
 __all__ = ['COLORS', 'SHAPES', 'COUNTS', 'SIZES', 'POSITIONS', 'BACKGROUNDS', 'STYLES', 'DEGRADATIONS', 'CLASHES',
            'QUALITY_WORDS', 'CAPTIONS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION',
            'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade',
-           'quality_clause', 'web_caption', 'captioned_corpus', 'ToyGenerator', 'render_attempt', 'generator_attempt',
-           'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'make_toy_agiqa', 'plot_toy_prompt']
+           'quality_clause', 'web_caption', 'style_shares', 'captioned_corpus', 'ToyGenerator', 'render_attempt',
+           'generator_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'make_toy_agiqa',
+           'plot_toy_prompt']
 
 # %% ../nbs/00a_toyworld.ipynb #7ce57964
 COLORS = dict(red=(215, 35, 35), green=(40, 170, 50), blue=(40, 70, 225), yellow=(240, 215, 40),
@@ -178,8 +179,13 @@ def web_caption(scene: Scene, rng):
     text = ' and '.join(said) + (f' on a {scene.background} background' if rng.random() < 0.5 else '')
     return text + (f', {scene.style}' if rng.random() < 0.5 else '')
 
-def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, quality_words=0.0, captions='exact'):
-    "`n` random scenes drawn at `size`: a uint8 tensor (n, 3, size, size), their captions ('exact': all the scene; 'web': part of it, `web_caption`) and the scenes; a `quality_words` share of captions also says how good the image looks."
+def style_shares(photo_share):
+    "Probabilities of `STYLES`: `photo_share` for 'photo', the rest split evenly over the others."
+    if not 0 <= photo_share <= 1: raise ValueError(f"photo_share must be in [0, 1], not {photo_share}")
+    return [photo_share] + [(1 - photo_share) / (len(STYLES) - 1)] * (len(STYLES) - 1)
+
+def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, quality_words=0.0, captions='exact', photo_share=None):
+    "`n` random scenes drawn at `size`: a uint8 tensor (n, 3, size, size), their captions ('exact': all the scene; 'web': part of it, `web_caption`) and the scenes; a `quality_words` share of captions also says how good the image looks; `photo_share`: that share of photos (None: every style alike)."
     if captions not in CAPTIONS: raise ValueError(f"captions must be one of {CAPTIONS}, not {captions!r}")
     import torch
     from tqdm.auto import tqdm
@@ -187,6 +193,7 @@ def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, qualit
     images, texts, scenes = torch.empty(n, 3, size, size, dtype=torch.uint8), [], []
     for i in tqdm(range(n), desc='drawing captioned scenes', leave=False):
         sc, kind, strength = random_scene(rng), None, 0.0
+        if photo_share is not None: sc = replace(sc, style=str(rng.choice(STYLES, p=style_shares(photo_share))))  # a web of mostly photos
         img = draw_scene(sc, size, rng)[0]
         if rng.random() < p_degrade:
             kind, strength = str(rng.choice(DEGRADATIONS)), rng.uniform(0, max_strength)
