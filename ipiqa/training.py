@@ -223,7 +223,7 @@ class Trainer:
                  total_steps=None, warmup=0.1, fused=None, ddp_group=None):
         self.model, self.loss_fn, self.device, self.amp = model, loss_fn, torch.device(device), amp
         self.net = model if ddp_group is None else TeamModel(   # what the loss runs; `model` is what is saved
-            model, device_ids=[self.device.index] if self.device.type == 'cuda' else None, process_group=ddp_group, find_unused_parameters=True)
+            model, device_ids=[self.device.index] if self.device.type == 'cuda' else None, process_group=ddp_group)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = OPTIMIZERS[optimizer](param_groups or self.params, lr=lr, weight_decay=weight_decay, **(dict(fused=True) if fused else {}))  # else torch's own pick (foreach on CUDA)
         self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, lr, total_steps=total_steps, pct_start=warmup)
