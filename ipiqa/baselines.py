@@ -240,7 +240,10 @@ def load_resnet_weights(arch, weights):
         return sd.get('state_dict', sd) if isinstance(sd, dict) else sd
     enum = torchvision.models.get_model_weights(arch)
     if weights not in enum.__members__: raise ValueError(f"{weights!r} is neither a file nor a weights tag of {arch} (tags: {list(enum.__members__)})")
-    return enum[weights].get_state_dict(progress=False)
+    try: return enum[weights].get_state_dict(progress=False)
+    except OSError as e:   # offline: urllib's URLError is an OSError
+        raise OSError(f"cannot fetch torchvision's {arch} weights {weights} ({type(e).__name__}: {e}); offline, give a local "
+                      f"state-dict file or 'random' instead (`--pretrained random`)") from e
 
 def resolve_resnet_weights(arch, weights):
     "`weights` when they can be loaded here; 'random' with a warning when the download is unreachable (offline)."
