@@ -126,12 +126,17 @@ def test_team_step_is_one_process_step(tmp_path):
     assert (model[0].weight - w0).abs().max() > 1e-2                  # it did train
 
 
-def test_team_trains_each_split(toy_dir, tmp_path):
+@pytest.fixture(scope='module')
+def team_run(toy_dir, tmp_path_factory):
+    "An uninterrupted `--ranks_per_split 2` run on 2 processes: its folder, stdout and each rank's steps and rows."
+    d = tmp_path_factory.mktemp('team'); (d/'steps').mkdir(); (d/'driver.py').write_text(DRIVER)
+    r = launch(cli_args(toy_dir, d/'run') + ['--ranks_per_split', '2'], nproc=2, script=str(d/'driver.py'), STEPS_DIR=str(d/'steps'))
+    return d/'run', r.stdout, {p.name: int(p.read_text()) for p in (d/'steps').iterdir()}
+
+
+def test_team_trains_each_split(toy_dir, team_run):
     "`--ranks_per_split 2` on 2 processes: one team trains both splits, each rank on half of every batch; the leader alone writes."
-    out = tmp_path/'team'
-    (tmp_path/'steps').mkdir(); (tmp_path/'driver.py').write_text(DRIVER)
-    r = launch(cli_args(toy_dir, out) + ['--ranks_per_split', '2'], nproc=2, script=str(tmp_path/'driver.py'), STEPS_DIR=str(tmp_path/'steps'))
-    got = {p.name: int(p.read_text()) for p in (tmp_path/'steps').iterdir()}
+    out, stdout, got = team_run
     ds = read_agiqa3k(toy_dir); sp = make_splits(TrainConfig(**CFG).resolved(), ds)
     n_rows = [len(split_indices(sp, ds.table, s, 'train')) for s in (0, 1)]
     steps = CFG['epochs'] * sum(steps_per_epoch(toy_dir, s) for s in (0, 1))
@@ -139,7 +144,23 @@ def test_team_trains_each_split(toy_dir, tmp_path):
     assert got['rows0'] + got['rows1'] == CFG['epochs'] * sum(n_rows) and abs(got['rows0'] - got['rows1']) <= steps
     m = pd.read_csv(out/'metrics.csv')
     assert sorted(m.split.unique()) == [0, 1] and np.isfinite(m.srcc).all()
-    assert r.stdout.count('plcc_logistic') == 1
+    assert stdout.count('plcc_logistic') == 1
     assert sorted(p.name for p in (out/'split1').iterdir()) == ['history.csv', 'metrics.csv', 'model.pt', 'predictions.csv']
     h = pd.read_csv(out/'split0'/'history.csv')
     assert len(h) == CFG['epochs'] and np.isfinite(h.train_loss).all()
+
+
+def test_killed_team_rank_resumes_its_split(toy_dir, team_run, tmp_path):
+    "A team's second rank dies in split 1's second epoch; the relaunch trains only that epoch, on both ranks, and ends where the uninterrupted run did."
+    out, steps = tmp_path/'run', {s: steps_per_epoch(toy_dir, s) for s in (0, 1)}
+    (tmp_path/'steps').mkdir(); (tmp_path/'driver.py').write_text(DRIVER)
+    args, env = cli_args(toy_dir, out) + ['--ranks_per_split', '2'], dict(STEPS_DIR=str(tmp_path/'steps'))
+    r = launch(args, nproc=2, script=str(tmp_path/'driver.py'), check=False, KILL_RANK='1', KILL_STEP=str(CFG['epochs'] * steps[0] + steps[1] + 2), **env)
+    assert r.returncode != 0 and (out/'split0'/'metrics.csv').is_file() and not (out/'split1'/'metrics.csv').exists()
+    assert torch.load(out/'split1'/'state.pt', weights_only=False)['epoch'] == 1   # the leader saved split 1 after its first epoch
+    mtime = (out/'split0'/'model.pt').stat().st_mtime_ns
+
+    launch(args, nproc=2, script=str(tmp_path/'driver.py'), **env)
+    assert {p.name: int(p.read_text()) for p in (tmp_path/'steps').glob('rank*')} == {'rank0': steps[1], 'rank1': steps[1]}
+    assert (out/'split0'/'model.pt').stat().st_mtime_ns == mtime and not (out/'split1'/'state.pt').exists()
+    pd.testing.assert_frame_equal(pd.read_csv(out/'metrics.csv'), pd.read_csv(team_run[0]/'metrics.csv'), check_exact=True)
