@@ -67,9 +67,9 @@ def _load_toy_clip(arch, device, captions='exact', path=None):
 
 def is_toy_clip_file(path):
     "Is `path` a toy CLIP file as `python -m ipiqa.toyclip` writes it (its used token rows apart)?"
-    if not zipfile.is_zipfile(path): return False
-    with zipfile.ZipFile(path) as z: names = z.namelist()
-    return any(n.endswith('/data.pkl') for n in names) and isinstance(ck := torch.load(path, map_location='cpu', weights_only=False, mmap=True), dict) and 'token_rows' in ck
+    if not zipfile.is_zipfile(path) or is_torchscript(path): return False   # OpenAI's RN50.pt is never unpickled here
+    ck = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+    return isinstance(ck, dict) and 'token_rows' in ck
 
 def load_clip(arch='RN50', pretrained=None, device='cpu'):
     "An open_clip CLIP `arch` and its tokenizer; `pretrained` is an open_clip tag, a local weight file, 'toy' / 'toy-web' (`TOY_CLIP_TAGS`), a toy CLIP file (`python -m ipiqa.toyclip --out`) or None (random)."

@@ -362,8 +362,9 @@ def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key,
         loss = trainer.train_epoch(data.loader(train_rows, cfg.batch_size, True, seed, train=True, shard=team and team.shard), desc=f'epoch {epoch + 1}')
         rec = dict(epoch=epoch + 1, train_loss=team.mean(loss, device) if team else loss)
         if part:
-            srcc = mean_srcc(predict(model, sel_loader, device, cfg.amp, method), data.targets[part_rows].numpy())
-            rec[f'{part}_srcc'] = team.leaders(srcc, device) if team else srcc  # one decision for the whole team
+            leads = not team or team.leads   # in a team the leader scores the selection rows, and its score decides for all
+            srcc = mean_srcc(predict(model, sel_loader, device, cfg.amp, method), data.targets[part_rows].numpy()) if leads else float('nan')
+            rec[f'{part}_srcc'] = team.leaders(srcc, device) if team else srcc
             if rec[f'{part}_srcc'] > state['best_score']:
                 state.update(best=_cpu_state(model), best_epoch=epoch + 1, best_score=rec[f'{part}_srcc'])
         state['history'].append(rec); state['epoch'] = epoch + 1
