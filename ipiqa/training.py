@@ -358,7 +358,7 @@ def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key,
         state = torch.load(sdir/'state.pt', map_location='cpu', weights_only=False); trainer.load_state_dict(state.pop('trainer'))
     for epoch in tqdm(range(state['epoch'], cfg.epochs), desc=desc or f'split {seed_key}', initial=state['epoch'], total=cfg.epochs, leave=False):
         if _stop_early(state, cfg.patience): break
-        seed = seed_everything(cfg.seed, seed_key, epoch)
+        seed, started = seed_everything(cfg.seed, seed_key, epoch), time.monotonic()
         loss = trainer.train_epoch(data.loader(train_rows, cfg.batch_size, True, seed, train=True, shard=team and team.shard), desc=f'epoch {epoch + 1}')
         rec = dict(epoch=epoch + 1, train_loss=team.mean(loss, device) if team else loss)
         if part:
@@ -367,6 +367,7 @@ def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key,
             rec[f'{part}_srcc'] = team.leaders(srcc, device) if team else srcc
             if rec[f'{part}_srcc'] > state['best_score']:
                 state.update(best=_cpu_state(model), best_epoch=epoch + 1, best_score=rec[f'{part}_srcc'])
+        rec['seconds'] = time.monotonic() - started   # the epoch's wall time, selection scoring included
         state['history'].append(rec); state['epoch'] = epoch + 1
         if not team or team.leads: saver(dict(state, trainer=trainer.state_dict()))
     epoch = state['epoch']
