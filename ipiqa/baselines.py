@@ -257,7 +257,7 @@ def resolve_resnet_weights(arch, weights):
 class ResNetMethod(Method):
     "A fine-tuned torchvision ResNet (`ResNetIQA`): `cfg.arch` a ResNet name, `cfg.pretrained` its weights; images squashed to `image_size`."
     name = 'resnet'
-    presets = {d: dict(p, arch='resnet50', pretrained='IMAGENET1K_V1') for d, p in IPIQAMethod.presets.items()}
+    presets = {d: dict(p, arch='resnet18' if d == 'toy' else 'resnet50', pretrained='IMAGENET1K_V1') for d, p in IPIQAMethod.presets.items()}
     def build(self, cfg, n_outputs, score_range=(0.0, 5.0)): return ResNetIQA(cfg.arch, n_outputs, load_resnet_weights(cfg.arch, cfg.pretrained))
     def start(self, model, data, rows, device='cpu'): init_head_bias(model.head, data.targets[rows].double().mean(0))
 

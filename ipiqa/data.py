@@ -265,12 +265,16 @@ def group_splits(table, n_splits=10, train_frac=0.8, seed=0, val_frac=0.0):
     groups = np.array(sorted(table['group'].unique()))
     n_train = int(round(train_frac * len(groups)))
     if not 0 < n_train < len(groups): raise ValueError(f"train_frac={train_frac} leaves no train or no test group of {len(groups)}")
+    n_val = int(round(val_frac * n_train))
+    if val_frac and not 0 < n_val < n_train:
+        raise ValueError(f"val_frac={val_frac} of the {n_train} training groups (of {len(groups)}) " + (
+            f"rounds to no validation group: use val_frac >= {1 / n_train:.3g} (one group) or select the last epoch"
+            if n_val == 0 else "leaves no group to train on: use a smaller val_frac"))
     out = []
     for i in range(n_splits):
         perm = np.random.default_rng([seed, i]).permutation(groups)
         train, part = perm[:n_train], pd.Series('test', index=groups)
         part[train] = 'train'
-        n_val = int(round(val_frac * len(train)))
         if n_val: part[np.random.default_rng([seed, i, 1]).choice(train, n_val, replace=False)] = 'val'
         out.append(pd.DataFrame(dict(split=i, name=table['name'], part=table['group'].map(part).to_numpy())))
     return pd.concat(out, ignore_index=True)

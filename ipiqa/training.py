@@ -65,6 +65,7 @@ class TrainConfig:
         if self.splits not in SPLITS: raise ValueError(f"splits must be one of {SPLITS}, not {self.splits!r}")
         if not 0 < self.train_frac < 1: raise ValueError(f"train_frac must be in (0, 1), not {self.train_frac}")
         if self.select == 'val' and not 0 < self.val_frac < 1: raise ValueError(f"select='val' needs 0 < val_frac < 1, not {self.val_frac}")
+        if self.select == 'val' and self.splits == 'authors': raise ValueError("select='val' needs a validation part, and splits='authors' has none (the release's splits are train/test): use splits='random' or another select")
         presets = get_method(self.method).presets
         if self.dataset not in presets: raise ValueError(f"method {self.method!r} has no preset for dataset {self.dataset!r} (it has {list(presets)})")
         fill = {k: v for k, v in presets[self.dataset].items() if getattr(self, k) is None}
