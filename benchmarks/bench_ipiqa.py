@@ -19,6 +19,11 @@ the same as with OpenAI's weights) on the same uint8 images and prompts; they di
   positions; the whole 49,408 x 512 token-embedding table trainable (their [QA] token is a row of it), so gradients run
   back through the frozen text transformer; the positional embedding and text projection trainable; an MLP head;
   float images made on the host and copied to the device every step (pinned); default Adam; contiguous layout.
+
+The two sides are built side by side and timed in turns: each round runs one training step (one scoring call) of
+each, in alternating order, and the figures are medians over the rounds. A ratio is the median of the rounds'
+ratios, printed with their range. So the machine's drift (2 shared CPU cores have run a third slower from one hour
+to the next) slows both sides alike instead of whichever happened to be timed second.
 """
 import argparse, copy, dataclasses, itertools, logging, os, time
 os.environ.setdefault('TQDM_DISABLE', '1')
@@ -47,15 +52,19 @@ def prompts(n):
     return [f'{s}, {t}' + (f', variant {i // 48}' if i >= 48 else '') for i, (s, t) in zip(range(n), pairs)]
 
 
-def timed(fn, device, repeat, warmup=2):
-    "Median seconds per call of `fn` after `warmup` calls (the first optimizer steps allocate their state), each call"
-    " synchronised on CUDA."
+def timed(fns, device, repeat, warmup=2):
+    "Seconds per call of each of `fns`, `repeat` rounds of one call each (their order alternating from round to"
+    " round) after `warmup` rounds (the first optimizer steps allocate their state); each call synchronised on CUDA."
+    " Taking turns, the calls share whatever the machine's speed does meanwhile, so their ratio round by round holds"
+    " on a machine whose speed drifts (2 shared CPU cores: a third from one run to the next). Returns rounds x fns."
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-    for _ in range(warmup): fn()
-    times = []
-    for _ in range(repeat):
-        sync(); t = time.perf_counter(); fn(); sync(); times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    for _ in range(warmup):
+        for fn in fns: fn()
+    times = np.zeros((repeat, len(fns)))
+    for r in range(repeat):
+        for i in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
+            sync(); t = time.perf_counter(); fns[i](); sync(); times[r, i] = time.perf_counter() - t
+    return times
 
 
 class FullLengthText(nn.Module):
@@ -116,23 +125,27 @@ def setup(args, size, device, authors, base_pixels, texts):
 
 
 def side(args, size, device, authors, base_pixels, texts):
-    "(train s/step, score s/image, trainable parameters, peak GiB) for one side at `size` px."
-    model, trainer, data, rows, cfg = setup(args, size, device, authors, base_pixels, texts)
+    "One side at `size` px, ready to time: its training step and scoring calls, trainable parameters, fast-path parts,"
+    " and on CUDA its own peak memory (what it allocated on top of what was there before, in two steps alone)."
+    before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
-    train = Batches(data, rows, args.batch_size, device, authors, True)
-    step = timed(lambda: trainer.step(next(train)), device, args.repeat)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else float('nan')
-    test, k = Batches(data, rows, args.batch_size, device, authors, False), 4
+    model, trainer, data, rows, cfg = setup(args, size, device, authors, base_pixels, texts)
+    train, test = Batches(data, rows, args.batch_size, device, authors, True), Batches(data, rows, args.batch_size, device, authors, False)
+    step = lambda: trainer.step(next(train))
+    for _ in range(2): step()
+    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == 'cuda' else float('nan')
     scorer = model if authors else inference_model(copy.deepcopy(model))  # ipiqa scores as `Scorer.load` loads: batch norm folded, channels_last
-    def score():  # k test batches through ipiqa's `predict`, or the authors' forward
-        batches = [next(test) for _ in range(k)]
+    def score():  # SCORE_BATCHES test batches through ipiqa's `predict`, or the authors' forward
+        batches = [next(test) for _ in range(SCORE_BATCHES)]
         with torch.inference_mode():
             if not authors: return predict(scorer, batches, device, args.amp)
             model.eval()
             with autocast(device, args.amp): return [model(b['images'], b['tokens'], b['prompt_index']).float().cpu() for b in batches]
-    per_image = timed(score, device, max(1, args.repeat // k), warmup=1) / (k * args.batch_size)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return step, per_image, n_train, peak, [k for k, on in fast_path(cfg, device).items() if on]
+    return dict(step=step, score=score, n_train=n_train, peak=peak, parts=[k for k, on in fast_path(cfg, device).items() if on])
+
+
+SCORE_BATCHES = 4   # test batches per timed scoring call
 
 
 def _sharing(args, size, texts, n, barrier, queue):
@@ -184,25 +197,30 @@ def main(a):
     print(f"# {a.arch} IP-IQA on {device}{' (bf16 autocast)' if a.amp else ' (fp32)'}, batch {a.batch_size}, "
           f"{len(texts)} images of distinct prompts, random init; torch {torch.__version__}"
           + (f", {torch.get_num_threads()} threads" if device.type == 'cpu' else f", {torch.cuda.get_device_name(device)}"))
-    rows = []
     for size in a.sizes:
-        for authors in (True, False):
-            step, score, n_train, peak, parts = side(a, size, device, authors, pixels(len(texts), size), texts)
-            rows.append(dict(size=size, side="authors' release" if authors else 'ipiqa', step=step, score=score, n_train=n_train, peak=peak,
-                             hours=protocol_hours(step, score, a.batch_size)))
-            r = rows[-1]
-            print(f"{size} px | {r['side']:<16} | train step {step * 1e3:8.1f} ms = {a.batch_size / step:7.1f} images/s | "
-                  f"scoring {1 / score:7.1f} images/s | trainable {n_train:,}" + (f" | peak {peak:.2f} GiB" if device.type == 'cuda' else '')
-                  + ('' if authors else f" | fast path: {', '.join(parts) or 'off'}"), flush=True)
-        them, us = rows[-2], rows[-1]
-        print(f"{size} px | ipiqa / authors': training {them['step'] / us['step']:.2f}x, scoring {them['score'] / us['score']:.2f}x | "
+        base = pixels(len(texts), size)
+        them, us = (side(a, size, device, authors, base, texts) for authors in (True, False))
+        steps = timed([them['step'], us['step']], device, a.repeat)
+        scores = timed([them['score'], us['score']], device, max(3, a.repeat // SCORE_BATCHES), warmup=1) / (SCORE_BATCHES * a.batch_size)
+        for r, name, j in ((them, "authors' release", 0), (us, 'ipiqa', 1)):
+            r.update(name=name, s_step=float(np.median(steps[:, j])), s_score=float(np.median(scores[:, j])))
+            r['hours'] = protocol_hours(r['s_step'], r['s_score'], a.batch_size)
+            print(f"{size} px | {name:<16} | train step {r['s_step'] * 1e3:8.1f} ms = {a.batch_size / r['s_step']:7.1f} images/s | "
+                  f"scoring {1 / r['s_score']:7.1f} images/s | trainable {r['n_train']:,}" + (f" | peak {r['peak']:.2f} GiB" if device.type == 'cuda' else '')
+                  + ('' if j == 0 else f" | fast path: {', '.join(r['parts']) or 'off'}"), flush=True)
+        train_x, score_x = steps[:, 0] / steps[:, 1], scores[:, 0] / scores[:, 1]   # round by round: both timed within seconds of each other
+        print(f"{size} px | ipiqa / authors': training {np.median(train_x):.2f}x (rounds {train_x.min():.2f}-{train_x.max():.2f}), "
+              f"scoring {np.median(score_x):.2f}x (rounds {score_x.min():.2f}-{score_x.max():.2f}) | "
               f"AGIQA-3k protocol (10 splits x 100 epochs) projected: authors' {them['hours']:.2f} h, ipiqa {us['hours']:.2f} h", flush=True)
+        scoring_s = us['s_score']
+        del them, us   # the --processes loops below get the device to themselves
+        if device.type == 'cuda': torch.cuda.empty_cache()
         if a.processes > 1:  # the same loop timed alike (a wait for the device every 5 steps) with 1 process and with N
             for n in (1, a.processes):
                 rates = sharing(a, size, texts, n)
                 print(f"{size} px | ipiqa, {n} split{'s' if n > 1 else ''} at once on one device | training {sum(rates):7.1f} images/s in all"
                       + (f" ({', '.join(f'{r:.1f}' for r in rates)})" if n > 1 else '') + " | AGIQA-3k protocol projected: "
-                      f"{protocol_hours(a.batch_size / sum(rates), us['score'], a.batch_size):.2f} h", flush=True)
+                      f"{protocol_hours(a.batch_size / sum(rates), scoring_s, a.batch_size):.2f} h", flush=True)
 
 
 if __name__ == '__main__':
@@ -214,7 +232,7 @@ if __name__ == '__main__':
     p.add_argument('--compile', action='store_true', help="torch.compile ipiqa's trunk (about a minute first)")
     p.add_argument('--fast', default=None, type=lambda s: s.lower() == 'true', metavar='True|False',
                    help="force ipiqa's fast path (cache on the device, channels_last, fused Adam) on or off; default: as the harness does, on for CUDA")
-    p.add_argument('--repeat', type=int, default=3); p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--repeat', type=int, default=5, help='timed rounds (one call of each side per round)'); p.add_argument('--workers', type=int, default=2)
     p.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
     p.add_argument('--processes', type=int, default=1, help="also run this many ipiqa training loops at once on the device, as several splits "
                    "sharing one GPU under torchrun, and print their images/s in all")
