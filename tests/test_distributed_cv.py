@@ -4,13 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ipiqa.toyworld import make_toy_agiqa
-from torchrun_helpers import DRIVER, cli_args, launch, steps_per_epoch
-
-
-@pytest.fixture(scope='module')
-def toy_dir(tmp_path_factory):
-    return make_toy_agiqa(tmp_path_factory.mktemp('toy'), n_prompts=5)
+from torchrun_helpers import toy_dir, DRIVER, cli_args, launch, steps_per_epoch
 
 
 @pytest.fixture(scope='module')

@@ -9,14 +9,8 @@ import torch.nn.functional as F
 import textwrap
 
 from ipiqa.data import read_agiqa3k, split_indices
-from ipiqa.toyworld import make_toy_agiqa
 from ipiqa.training import TrainConfig, Trainer, make_splits
-from torchrun_helpers import CFG, DRIVER, cli_args, launch, steps_per_epoch
-
-
-@pytest.fixture(scope='module')
-def toy_dir(tmp_path_factory):
-    return make_toy_agiqa(tmp_path_factory.mktemp('toy'), n_prompts=5)
+from torchrun_helpers import toy_dir, CFG, DRIVER, cli_args, launch, steps_per_epoch
 
 
 # Two ranks, one model: each steps on its half of every batch, DDP averages the gradients (`Trainer(ddp_group=...)`)

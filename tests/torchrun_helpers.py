@@ -1,13 +1,21 @@
-"""What the torchrun tests share: a tiny run's options, a launcher, and a driver script that counts (and can kill) training steps."""
+"""What the torchrun tests share: a tiny toy set, a tiny run's options, a launcher, and a driver script that counts (and can kill) training steps."""
 import os, subprocess, sys, textwrap
 
 import numpy as np
+import pytest
 
 from ipiqa.data import read_agiqa3k, split_indices
+from ipiqa.toyworld import make_toy_agiqa
 from ipiqa.training import TrainConfig, make_splits
 
 CFG = dict(n_splits=2, epochs=2, image_size=64, batch_size=8, num_workers=1, save_share=1.0)  # default method ipiqa on the toy CLIP; state after every epoch
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'TQDM_DISABLE': '1'}
+
+
+@pytest.fixture(scope='module')
+def toy_dir(tmp_path_factory):
+    "A 5-prompt toy AGIQA set, once per test file (a file imports this fixture)."
+    return make_toy_agiqa(tmp_path_factory.mktemp('toy'), n_prompts=5)
 
 # torchrun runs this instead of `-m ipiqa.training` where the test needs to count training steps or kill a rank
 DRIVER = textwrap.dedent('''
