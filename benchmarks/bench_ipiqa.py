@@ -11,8 +11,8 @@ the same as with OpenAI's weights) on the same uint8 images and prompts; they di
 
 - ipiqa: the images decoded once into a uint8 cache, a batch an index into it (`IQAData`); each distinct prompt of a
   batch through the frozen text tower once, truncated after the longest [eot] (`batch_prompts`), only the [QA] vector
-  trainable on the text side; a linear head; the fast path as the harness sets it (`ipiqa.training.fast_path`: on CUDA
-  the cache on the GPU, channels_last and fused Adam; off on CPU unless `--fast True`); `--compile` adds `torch.compile`
+  trainable on the text side; a linear head; the fast path as the harness sets it (`ipiqa.training.fast_path`:
+  channels_last and fused Adam, on CUDA also the cache on the GPU; `--fast False` turns it off); `--compile` adds `torch.compile`
   of the trunk. It scores with the model as the scorer loads it (`ipiqa.model.inference_model`: batch norm folded into
   the convolutions, channels_last).
 - the authors' release (Coobiw/IP-IQA, with its [QA] token on): every image's prompt through the text tower at all 77
@@ -231,7 +231,7 @@ if __name__ == '__main__':
     p.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA only; ~20x slower on CPU)')
     p.add_argument('--compile', action='store_true', help="torch.compile ipiqa's trunk (about a minute first)")
     p.add_argument('--fast', default=None, type=lambda s: s.lower() == 'true', metavar='True|False',
-                   help="force ipiqa's fast path (cache on the device, channels_last, fused Adam) on or off; default: as the harness does, on for CUDA")
+                   help="force ipiqa's fast path (cache on the device, channels_last, fused Adam) on or off; default: as the harness does (channels_last and fused Adam on CUDA and CPU, the cache on CUDA)")
     p.add_argument('--repeat', type=int, default=5, help='timed rounds (one call of each side per round)'); p.add_argument('--workers', type=int, default=2)
     p.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
     p.add_argument('--processes', type=int, default=1, help="also run this many ipiqa training loops at once on the device, as several splits "

@@ -53,7 +53,7 @@ class TrainConfig:
     n_splits: int = None; splits: str = 'random'; train_frac: float = 0.8; val_frac: float = 0.125
     select: str = 'last'; patience: int = None; seed: int = 0
     device: str = _local('auto'); amp: bool = _local(None); num_workers: int = _local(4)  # amp None: the method's preset
-    # the fast path (`fast_path`): None = on for CUDA, off elsewhere; the same run within float tolerance either way
+    # the fast path (`fast_path`): None = on where it is faster (CUDA; channels_last and fused Adam on CPU too); the same run within float tolerance either way
     device_cache: bool = _local(None); channels_last: bool = _local(None); fused_adam: bool = _local(None); torch_compile: bool = _local(False)
     ranks_per_split: int = _local(1)  # under torchrun: this many ranks train each split together (DDP), for more GPUs than splits
     save_share: float = _local(0.05)  # the resume state is saved after an epoch unless that would spend more than this share of the time
@@ -275,10 +275,12 @@ def predict(model, loader, device, amp=True, method=None, chunk=256):
 
 # %% ../nbs/01c_training.ipynb #5d649bd4
 def fast_path(cfg: TrainConfig, device):
-    "Which parts of the fast path `cfg` turns on for `device`: its flags, `None` meaning on for CUDA and off elsewhere."
-    on = lambda flag: torch.device(device).type == 'cuda' if flag is None else bool(flag)
-    return dict(device_cache=on(cfg.device_cache), channels_last=on(cfg.channels_last), fused_adam=on(cfg.fused_adam),
-                compile=bool(cfg.torch_compile))
+    "Which parts of the fast path `cfg` turns on for `device`: its flags, `None` meaning on where the part is faster --"
+    " the image cache on CUDA (on the CPU the images are already there), channels_last and fused Adam on CUDA and CPU."
+    kind = torch.device(device).type
+    on = lambda flag, where: kind in where if flag is None else bool(flag)
+    return dict(device_cache=on(cfg.device_cache, ('cuda',)), channels_last=on(cfg.channels_last, ('cuda', 'cpu')),
+                fused_adam=on(cfg.fused_adam, ('cuda', 'cpu')), compile=bool(cfg.torch_compile))
 
 def fast_model(model, cfg: TrainConfig, device, method=None):
     "`model` (on `device`) laid out channels_last and compiled (`method.compile`) as `fast_path(cfg, device)` says, in place."
