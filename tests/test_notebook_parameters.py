@@ -2,7 +2,7 @@
 
 papermill reads a notebook's `parameters` cell with its own line parser, not Python's: a line it cannot parse is
 skipped with only a log message ("Unable to parse line ..."), so the parameter vanishes from `--help-notebook`
-(a comment ending in `select='val'` or holding `= ` did this to 03 and 07). Python's parser is the reference here.
+(any `=` in a line's comment does it: `select='val'` in 03's and `crop side = ...` in 07's hid two parameters). Python's parser is the reference here.
 """
 import ast, json
 from pathlib import Path
