@@ -1,0 +1,62 @@
+"""What each part of ipiqa's fast path buys on this machine: a training step of IP-IQA with channels_last and
+fused Adam each on and off (`TrainConfig(channels_last=..., fused_adam=...)`, as the harness sets them), the
+variants timed in turns. Prints figures, asserts nothing.
+
+    python benchmarks/bench_fast_path.py                                    # CLIP-RN50, 224 px, batch 8, CPU fp32
+    python benchmarks/bench_fast_path.py --arch RN50-tiny --size 64 --batch-size 32 --repeat 10   # the toy preset
+    python benchmarks/bench_fast_path.py --device cuda --amp --batch-size 40 --size 512
+
+This is how `fast_path` decides its defaults (`None`): a part is on for a device where it is faster there. Each
+round runs one step of every variant in alternating order, so the machine's drift slows them alike; a speed-up is
+the median of the rounds' own ratios against the variant with both parts off, printed with their range.
+"""
+import argparse, logging, os
+os.environ.setdefault('TQDM_DISABLE', '1')
+
+import numpy as np
+import torch
+
+from bench_ipiqa import Batches, pixels, prompts, timed
+from ipiqa.model import build_ipiqa
+from ipiqa.scoring import image_set, prefill
+from ipiqa.training import IQAData, Trainer, TrainConfig, fast_model, fast_path, mos_loss
+from ipiqa.views import ResizedView
+
+VARIANTS = {'neither': (False, False), 'channels_last': (True, False), 'fused Adam': (False, True), 'both': (True, True)}
+
+
+def training_step(a, device, channels_last, fused_adam, texts, base):
+    "One training step of IP-IQA (random init) with these two parts of the fast path, ready to call."
+    torch.manual_seed(0)
+    cfg = TrainConfig(device=str(device), device_cache=False, channels_last=channels_last, fused_adam=fused_adam)
+    model = fast_model(build_ipiqa(a.arch, None, n_outputs=2, image_size=a.size).to(device), cfg, device)
+    data = IQAData(prefill(image_set(texts, ['mos_quality', 'mos_align']), ResizedView(a.size), base), a.size, model.tokenize, 2)
+    data.targets = torch.rand(len(texts), 2) * 5
+    trainer = Trainer(model, mos_loss, 1e-5, device, a.amp, fused=fast_path(cfg, device)['fused_adam'])
+    batches = Batches(data, np.arange(len(texts)), a.batch_size, device, False, True)
+    return lambda: trainer.step(next(batches))
+
+
+def main(a):
+    logging.getLogger().setLevel(logging.ERROR)   # open_clip's 'initialized randomly': random init is the point
+    device = torch.device(a.device)
+    if device.type == 'cpu' and a.threads: torch.set_num_threads(a.threads)
+    texts = prompts(4 * a.batch_size)
+    base = pixels(len(texts), a.size)
+    steps = [training_step(a, device, *parts, texts, base) for parts in VARIANTS.values()]
+    t = timed(steps, device, a.repeat)
+    print(f"# {a.arch} IP-IQA training step on {device}{' (bf16 autocast)' if a.amp else ' (fp32)'}, {a.size} px, batch {a.batch_size}, "
+          f"{a.repeat} rounds; torch {torch.__version__}" + (f", {torch.get_num_threads()} threads" if device.type == 'cpu' else ''))
+    for j, name in enumerate(VARIANTS):
+        x = t[:, 0] / t[:, j]
+        print(f"{name:<14} | {np.median(t[:, j]) * 1e3:8.1f} ms | x{np.median(x):.2f} (rounds {x.min():.2f}-{x.max():.2f}) against neither", flush=True)
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--arch', default='RN50'); p.add_argument('--device', default='cpu')
+    p.add_argument('--size', type=int, default=224); p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA only; ~20x slower on CPU)')
+    p.add_argument('--repeat', type=int, default=5, help='timed rounds (one step of each variant per round)')
+    p.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's)")
+    main(p.parse_args())
