@@ -16,24 +16,17 @@ os.environ.setdefault('TQDM_DISABLE', '1')
 import numpy as np
 import torch
 
-from bench_ipiqa import Batches, pixels, prompts, timed
-from ipiqa.model import build_ipiqa
-from ipiqa.scoring import image_set, prefill
-from ipiqa.training import IQAData, Trainer, TrainConfig, fast_model, fast_path, mos_loss
-from ipiqa.views import ResizedView
+from bench_ipiqa import Batches, pixels, prompts, setup, timed
 
 VARIANTS = {'neither': (False, False), 'channels_last': (True, False), 'fused Adam': (False, True), 'both': (True, True)}
 
 
 def training_step(a, device, channels_last, fused_adam, texts, base):
-    "One training step of IP-IQA (random init) with these two parts of the fast path, ready to call."
-    torch.manual_seed(0)
-    cfg = TrainConfig(device=str(device), device_cache=False, channels_last=channels_last, fused_adam=fused_adam)
-    model = fast_model(build_ipiqa(a.arch, None, n_outputs=2, image_size=a.size).to(device), cfg, device)
-    data = IQAData(prefill(image_set(texts, ['mos_quality', 'mos_align']), ResizedView(a.size), base), a.size, model.tokenize, 2)
-    data.targets = torch.rand(len(texts), 2) * 5
-    trainer = Trainer(model, mos_loss, 1e-5, device, a.amp, fused=fast_path(cfg, device)['fused_adam'])
-    batches = Batches(data, np.arange(len(texts)), a.batch_size, device, False, True)
+    "One training step of IP-IQA (random init) with these two parts of the fast path, ready to call: `bench_ipiqa`'s ipiqa side."
+    args = argparse.Namespace(arch=a.arch, compile=False, fast=None, amp=a.amp, workers=2)
+    parts = dict(device_cache=False, channels_last=channels_last, fused_adam=fused_adam)
+    model, trainer, data, rows, cfg = setup(args, a.size, device, False, base, texts, parts)
+    batches = Batches(data, rows, a.batch_size, device, False, True)
     return lambda: trainer.step(next(batches))
 
 

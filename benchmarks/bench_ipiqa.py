@@ -109,11 +109,12 @@ def build(arch, size, device, authors):
     return model.to(device)
 
 
-def setup(args, size, device, authors, base_pixels, texts):
-    "(model, trainer, data, rows, cfg) of one side at `size` px."
+def setup(args, size, device, authors, base_pixels, texts, parts=None):
+    "(model, trainer, data, rows, cfg) of one side at `size` px; `parts`: fast-path fields of `TrainConfig` set one by one, over `args.fast`."
     torch.manual_seed(0)
     model = build(args.arch, size, device, authors)
     cfg = TrainConfig(device=str(device), torch_compile=args.compile, **dict.fromkeys(('device_cache', 'channels_last', 'fused_adam'), args.fast))
+    if parts: cfg = dataclasses.replace(cfg, **parts)
     if authors: cfg = dataclasses.replace(cfg, device_cache=False, channels_last=False, fused_adam=False, torch_compile=False)
     fast_model(model, cfg, device)
     ds = prefill(image_set(texts, ['mos_quality', 'mos_align']), ResizedView(size), base_pixels)
