@@ -16,8 +16,9 @@ the same as with OpenAI's weights) on the same uint8 images and prompts; they di
   of the trunk. It scores with the model as the scorer loads it (`ipiqa.model.inference_model`: batch norm folded into
   the convolutions, channels_last).
 - the authors' release (Coobiw/IP-IQA, with its [QA] token on): every image's prompt through the text tower at all 77
-  positions; the whole 49,408 x 512 token-embedding table trainable (their [QA] token is a row of it), so gradients run
-  back through the frozen text transformer; the positional embedding and text projection trainable; an MLP head;
+  positions; both attention pools projecting every token to a key and a value, as CLIP's `AttentionPool2d` does
+  (ipiqa's `AttentionPool` computes the same function with the projections moved to the one query's side); the
+  whole 49,408 x 512 token-embedding table trainable (their [QA] token is a row of it), so gradients run back through the frozen text transformer; the positional embedding and text projection trainable; an MLP head;
   float images made on the host and copied to the device every step (pinned); default Adam; contiguous layout.
 
 The two sides are built side by side and timed in turns: each round runs one training step (one scoring call) of
@@ -25,7 +26,7 @@ each, in alternating order, and the figures are medians over the rounds. A ratio
 ratios, printed with their range. So the machine's drift (2 shared CPU cores have run a third slower from one hour
 to the next) slows both sides alike instead of whichever happened to be timed second.
 """
-import argparse, copy, dataclasses, itertools, logging, os, time
+import argparse, copy, dataclasses, itertools, logging, math, os, time
 os.environ.setdefault('TQDM_DISABLE', '1')
 
 import numpy as np
@@ -67,6 +68,20 @@ def timed(fns, device, repeat, warmup=2):
     return times
 
 
+def tokenwise(pool):
+    "`pool` (an `AttentionPool`) made to compute as CLIP's `AttentionPool2d`, and so the release, does: every token"
+    " projected to a key and a value, then read by the one query. The same function as ipiqa's order; in place."
+    def forward(x, query=None, need_weights=False):
+        t = pool.tokens(x)
+        q = pool.q_proj(t[:, 0] if query is None else query)
+        split = lambda z: z.unflatten(-1, (pool.heads, -1)).transpose(-3, -2)  # (N, h, T, d)
+        attn = (split(q[:, None]) @ split(pool.k_proj(t)).transpose(-1, -2) / math.sqrt(q.shape[-1] // pool.heads)).softmax(-1)
+        out = pool.c_proj((attn @ split(pool.v_proj(t))).transpose(-3, -2).flatten(-2)[:, 0])
+        return (out, attn[:, :, 0]) if need_weights else out
+    pool.forward = forward
+    return pool
+
+
 class FullLengthText(nn.Module):
     "The authors' text side: each image's own prompt through CLIP's text tower at all 77 positions, embedding table, positions and projection trainable."
     def __init__(self, enc):
@@ -105,7 +120,9 @@ class Batches:
 
 def build(arch, size, device, authors):
     model = build_ipiqa(arch, None, n_outputs=2, image_size=size, qa_token=not authors, head='mlp' if authors else 'linear')
-    if authors: model.text = FullLengthText(model.text)
+    if authors:
+        model.text = FullLengthText(model.text)
+        for pool in (model.image.attnpool, model.cross_pool): tokenwise(pool)
     return model.to(device)
 
 

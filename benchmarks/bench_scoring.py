@@ -2,9 +2,9 @@
 
 Ours: the model as `Scorer.load` loads it (batch norm folded into the convolutions, channels_last), each distinct
 prompt's text feature computed once per call (truncated to its own tokens), images sorted by prompt,
-`torch.inference_mode`. Per-image: the text tower re-run for every image over all 77 token positions, as
-the authors' release does. Both decode the same PNG files in a thread pool and run the same image tower; the
-script checks that they give the same scores. Random-init weights: the compute is the same as with OpenAI's.
+`torch.inference_mode`. Per-image: the text tower re-run for every image over all 77 token positions, and the
+attention pools projecting every token (`bench_ipiqa.tokenwise`), as the authors' release does. Both decode the
+same PNG files in a thread pool and run the same trunk; the script checks that they give the same scores. Random-init weights: the compute is the same as with OpenAI's.
 Prints the figures, asserts nothing.
 
     python benchmarks/bench_scoring.py                          # CPU, RN50 IP-IQA, 224 and 512 px, 2 prompts x 10 images
@@ -22,6 +22,7 @@ from ipiqa.data import load_images, make_toy_agiqa, read_agiqa3k
 from ipiqa.model import build_ipiqa, inference_model
 from ipiqa.scoring import Scorer
 from ipiqa.training import TrainConfig, Trained, autocast, get_method
+from bench_ipiqa import tokenwise
 
 
 class Full77(nn.Module):
@@ -40,16 +41,19 @@ class Full77(nn.Module):
 
 @torch.no_grad()
 def per_image(model, paths, prompts, size, batch_size, workers, device, amp):
-    "Scores by the per-image path: decode, then each batch's images with one 77-token prompt row per image."
+    "Scores by the per-image path: decode, then each batch's images with one 77-token prompt row per image, token-wise pools."
     images, tokens = load_images(paths, size, workers), model.tokenize(prompts)
     text, model.text = model.text, Full77(model.text)
+    pools = [tokenwise(p) for p in (model.image.attnpool, model.cross_pool)]
     try:
         out = []
         for i in range(0, len(paths), batch_size):
             t = tokens[i:i + batch_size].to(device)
             with autocast(device, amp): out.append(model(images[i:i + batch_size].to(device), t, torch.arange(len(t), device=device)).float().cpu())
         return torch.cat(out).numpy()
-    finally: model.text = text
+    finally:
+        model.text = text
+        for p in pools: del p.forward   # the class's own order again
 
 
 def timed(fn, device):

@@ -114,12 +114,18 @@ class AttentionPool(nn.Module):
 
     def forward(self, x, query=None, need_weights=False):
         "Pool feature map `x`; `query` (N, query_dim) replaces the mean token as what is projected into the query."
-        t = self.tokens(x)
+        t = self.tokens(x)                                                        # (N, T, C)
         q = self.q_proj(t[:, 0] if query is None else query)
-        split = lambda z: z.unflatten(-1, (self.heads, -1)).transpose(-3, -2)  # (N, h, T, d)
-        attn = (split(q[:, None]) @ split(self.k_proj(t)).transpose(-1, -2) / math.sqrt(q.shape[-1] // self.heads)).softmax(-1)
-        out = self.c_proj((attn @ split(self.v_proj(t))).transpose(-3, -2).flatten(-2)[:, 0])
-        return (out, attn[:, :, 0]) if need_weights else out
+        h, d = self.heads, q.shape[-1] // self.heads
+        wk, wv = (p.weight.view(h, d, -1) for p in (self.k_proj, self.v_proj))  # each head's rows (h, d, C)
+        q = q.view(-1, h, d) / math.sqrt(d)
+        # the one query taken back through the key projection, instead of every token through it (see above);
+        # einsum, not a broadcast `@`, which would copy the weights once per image
+        logits = torch.einsum('nhd,hdc->nhc', q, wk) @ t.transpose(1, 2) + (q * self.k_proj.bias.view(h, d)).sum(-1, keepdim=True)
+        attn = logits.softmax(-1)                                                 # (N, h, T)
+        mixed = attn @ t                                                          # each head's weighted mean token (N, h, C)
+        out = self.c_proj(torch.einsum('nhc,hdc->nhd', mixed, wv).flatten(1) + self.v_proj.bias)
+        return (out, attn) if need_weights else out
 
     @classmethod
     def from_clip(cls, pool, grid, query_dim=None, init='clip'):
