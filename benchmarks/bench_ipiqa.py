@@ -26,7 +26,7 @@ each, in alternating order, and the figures are medians over the rounds. A ratio
 ratios, printed with their range. So the machine's drift (2 shared CPU cores have run a third slower from one hour
 to the next) slows both sides alike instead of whichever happened to be timed second.
 """
-import argparse, copy, dataclasses, itertools, logging, math, os, time
+import argparse, copy, dataclasses, itertools, logging, math, os, time, types
 os.environ.setdefault('TQDM_DISABLE', '1')
 
 import numpy as np
@@ -68,17 +68,20 @@ def timed(fns, device, repeat, warmup=2):
     return times
 
 
+def tokenwise_forward(pool, x, query=None, need_weights=False):
+    "`AttentionPool.forward` as CLIP's `AttentionPool2d`, and so the authors' release, computes it: every token projected"
+    " to a key and a value, then read by the one query. The same function as ipiqa's order."
+    t = pool.tokens(x)
+    q = pool.q_proj(t[:, 0] if query is None else query)
+    split = lambda z: z.unflatten(-1, (pool.heads, -1)).transpose(-3, -2)  # (N, h, T, d)
+    attn = (split(q[:, None]) @ split(pool.k_proj(t)).transpose(-1, -2) / math.sqrt(q.shape[-1] // pool.heads)).softmax(-1)
+    out = pool.c_proj((attn @ split(pool.v_proj(t))).transpose(-3, -2).flatten(-2)[:, 0])
+    return (out, attn[:, :, 0]) if need_weights else out
+
+
 def tokenwise(pool):
-    "`pool` (an `AttentionPool`) made to compute as CLIP's `AttentionPool2d`, and so the release, does: every token"
-    " projected to a key and a value, then read by the one query. The same function as ipiqa's order; in place."
-    def forward(x, query=None, need_weights=False):
-        t = pool.tokens(x)
-        q = pool.q_proj(t[:, 0] if query is None else query)
-        split = lambda z: z.unflatten(-1, (pool.heads, -1)).transpose(-3, -2)  # (N, h, T, d)
-        attn = (split(q[:, None]) @ split(pool.k_proj(t)).transpose(-1, -2) / math.sqrt(q.shape[-1] // pool.heads)).softmax(-1)
-        out = pool.c_proj((attn @ split(pool.v_proj(t))).transpose(-3, -2).flatten(-2)[:, 0])
-        return (out, attn[:, :, 0]) if need_weights else out
-    pool.forward = forward
+    "`pool` computing token-wise (`tokenwise_forward`), in place; a bound method, so a deep copy of it computes with its own weights."
+    pool.forward = types.MethodType(tokenwise_forward, pool)
     return pool
 
 
@@ -118,10 +121,10 @@ class Batches:
     def __next__(self): return next(self.it)
 
 
-def build(arch, size, device, authors):
+def build(arch, size, device, authors, tokenwise_pools=False):
     model = build_ipiqa(arch, None, n_outputs=2, image_size=size, qa_token=not authors, head='mlp' if authors else 'linear')
-    if authors:
-        model.text = FullLengthText(model.text)
+    if authors: model.text = FullLengthText(model.text)
+    if authors or tokenwise_pools:
         for pool in (model.image.attnpool, model.cross_pool): tokenwise(pool)
     return model.to(device)
 
@@ -129,7 +132,7 @@ def build(arch, size, device, authors):
 def setup(args, size, device, authors, base_pixels, texts, parts=None):
     "(model, trainer, data, rows, cfg) of one side at `size` px; `parts`: fast-path fields of `TrainConfig` set one by one, over `args.fast`."
     torch.manual_seed(0)
-    model = build(args.arch, size, device, authors)
+    model = build(args.arch, size, device, authors, getattr(args, 'tokenwise_pools', False))
     cfg = TrainConfig(device=str(device), torch_compile=args.compile, **dict.fromkeys(('device_cache', 'channels_last', 'fused_adam'), args.fast))
     if parts: cfg = dataclasses.replace(cfg, **parts)
     if authors: cfg = dataclasses.replace(cfg, device_cache=False, channels_last=False, fused_adam=False, torch_compile=False)
@@ -250,6 +253,8 @@ if __name__ == '__main__':
     p.add_argument('--compile', action='store_true', help="torch.compile ipiqa's trunk (about a minute first)")
     p.add_argument('--fast', default=None, type=lambda s: s.lower() == 'true', metavar='True|False',
                    help="force ipiqa's fast path (cache on the device, channels_last, fused Adam) on or off; default: as the harness does (channels_last and fused Adam on CUDA and CPU, the cache on CUDA)")
+    p.add_argument('--tokenwise-pools', action='store_true', help="ipiqa's attention pools computed token-wise too, as the authors' "
+                   "are (what ipiqa's cheaper order buys: compare with a run without it)")
     p.add_argument('--repeat', type=int, default=5, help='timed rounds (one call of each side per round)'); p.add_argument('--workers', type=int, default=2)
     p.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
     p.add_argument('--processes', type=int, default=1, help="also run this many ipiqa training loops at once on the device, as several splits "
