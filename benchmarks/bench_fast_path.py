@@ -1,7 +1,8 @@
 """What each part of ipiqa's fast path buys on this machine: a training step of IP-IQA with channels_last and
 fused Adam each on and off (`TrainConfig(channels_last=..., fused_adam=...)`, as the harness sets them), and with
 both on but the attention pools computed token-wise (`bench_ipiqa.tokenwise`, the order CLIP's pool and the
-authors' release use) instead of in ipiqa's cheaper order; the variants timed in turns. Prints figures, asserts nothing.
+authors' release use) instead of in ipiqa's cheaper order; the variants timed in turns. Prints figures, asserts
+nothing.
 
     python benchmarks/bench_fast_path.py                                    # CLIP-RN50, 224 px, batch 8, CPU fp32
     python benchmarks/bench_fast_path.py --arch RN50-tiny --size 64 --batch-size 32 --repeat 10   # the toy preset
@@ -17,7 +18,7 @@ os.environ.setdefault('TQDM_DISABLE', '1')
 import numpy as np
 import torch
 
-from bench_ipiqa import Batches, pixels, prompts, setup, timed, tokenwise
+from bench_ipiqa import Batches, pixels, prompts, setup, timed
 
 VARIANTS = {'neither': (False, False, False), 'channels_last': (True, False, False), 'fused Adam': (False, True, False),
             'both': (True, True, False), 'both, token-wise pools': (True, True, True)}   # (channels_last, fused Adam, token-wise pools)
@@ -25,11 +26,9 @@ VARIANTS = {'neither': (False, False, False), 'channels_last': (True, False, Fal
 
 def training_step(a, device, channels_last, fused_adam, tokenwise_pools, texts, base):
     "One training step of IP-IQA (random init) with these parts of the fast path, ready to call: `bench_ipiqa`'s ipiqa side."
-    args = argparse.Namespace(arch=a.arch, compile=False, fast=None, amp=a.amp, workers=2)
+    args = argparse.Namespace(arch=a.arch, compile=False, fast=None, amp=a.amp, workers=2, tokenwise_pools=tokenwise_pools)
     parts = dict(device_cache=False, channels_last=channels_last, fused_adam=fused_adam)
     model, trainer, data, rows, cfg = setup(args, a.size, device, False, base, texts, parts)
-    if tokenwise_pools:
-        for pool in (model.image.attnpool, model.cross_pool): tokenwise(pool)
     batches = Batches(data, rows, a.batch_size, device, False, True)
     return lambda: trainer.step(next(batches))
 

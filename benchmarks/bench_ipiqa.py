@@ -18,8 +18,9 @@ the same as with OpenAI's weights) on the same uint8 images and prompts; they di
 - the authors' release (Coobiw/IP-IQA, with its [QA] token on): every image's prompt through the text tower at all 77
   positions; both attention pools projecting every token to a key and a value, as CLIP's `AttentionPool2d` does
   (ipiqa's `AttentionPool` computes the same function with the projections moved to the one query's side); the
-  whole 49,408 x 512 token-embedding table trainable (their [QA] token is a row of it), so gradients run back through the frozen text transformer; the positional embedding and text projection trainable; an MLP head;
-  float images made on the host and copied to the device every step (pinned); default Adam; contiguous layout.
+  whole 49,408 x 512 token-embedding table trainable (their [QA] token is a row of it), so gradients run back through
+  the frozen text transformer; the positional embedding and text projection trainable; an MLP head; float images
+  made on the host and copied to the device every step (pinned); default Adam; contiguous layout.
 
 The two sides are built side by side and timed in turns: each round runs one training step (one scoring call) of
 each, in alternating order, and the figures are medians over the rounds. A ratio is the median of the rounds'
@@ -132,7 +133,7 @@ def build(arch, size, device, authors, tokenwise_pools=False):
 def setup(args, size, device, authors, base_pixels, texts, parts=None):
     "(model, trainer, data, rows, cfg) of one side at `size` px; `parts`: fast-path fields of `TrainConfig` set one by one, over `args.fast`."
     torch.manual_seed(0)
-    model = build(args.arch, size, device, authors, getattr(args, 'tokenwise_pools', False))
+    model = build(args.arch, size, device, authors, args.tokenwise_pools)
     cfg = TrainConfig(device=str(device), torch_compile=args.compile, **dict.fromkeys(('device_cache', 'channels_last', 'fused_adam'), args.fast))
     if parts: cfg = dataclasses.replace(cfg, **parts)
     if authors: cfg = dataclasses.replace(cfg, device_cache=False, channels_last=False, fused_adam=False, torch_compile=False)

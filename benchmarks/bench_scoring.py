@@ -4,8 +4,8 @@ Ours: the model as `Scorer.load` loads it (batch norm folded into the convolutio
 prompt's text feature computed once per call (truncated to its own tokens), images sorted by prompt,
 `torch.inference_mode`. Per-image: the text tower re-run for every image over all 77 token positions, and the
 attention pools projecting every token (`bench_ipiqa.tokenwise`), as the authors' release does. Both decode the
-same PNG files in a thread pool and run the same trunk; the script checks that they give the same scores. Random-init weights: the compute is the same as with OpenAI's.
-Prints the figures, asserts nothing.
+same PNG files in a thread pool and run the same trunk; the script checks that they give the same scores.
+Random-init weights: the compute is the same as with OpenAI's. Prints the figures, asserts nothing.
 
     python benchmarks/bench_scoring.py                          # CPU, RN50 IP-IQA, 224 and 512 px, 2 prompts x 10 images
     python benchmarks/bench_scoring.py --n-prompts 8 --threads 8
