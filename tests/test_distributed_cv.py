@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from torchrun_helpers import toy_dir, DRIVER, cli_args, launch, steps_per_epoch
+from torchrun_helpers import toy_dir, DRIVER, assert_same_results, cli_args, launch, steps_per_epoch
 
 
 @pytest.fixture(scope='module')
@@ -17,10 +17,7 @@ def two_ranks(toy_dir, tmp_path_factory):
 def test_two_ranks_equal_one_process(toy_dir, two_ranks, tmp_path):
     out, stdout = two_ranks
     launch(cli_args(toy_dir, tmp_path/'one'))
-    one, two = (pd.read_csv(d/'metrics.csv') for d in (tmp_path/'one', out))
-    pd.testing.assert_frame_equal(one, two, check_exact=True)  # CPU, one thread, same seeds: bit for bit
-    for f in ('summary.csv', 'predictions.csv', 'splits.csv'):
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path/'one'/f), pd.read_csv(out/f), check_exact=True)
+    assert_same_results(tmp_path/'one', out, ('metrics.csv', 'summary.csv', 'predictions.csv', 'splits.csv'))  # CPU, one thread, same seeds
     assert stdout.count('plcc_logistic') == 1 and 'toy | method=ipiqa' in stdout  # rank 0 alone prints the summary
     assert sorted(p.name for p in out.iterdir()) == ['config.json', 'metrics.csv', 'predictions.csv', 'scatter.png', 'split0', 'split1',
                                                      'splits.csv', 'summary.csv']
@@ -39,5 +36,15 @@ def test_killed_rank_resumes_its_split(toy_dir, two_ranks, tmp_path):
     launch(cli_args(toy_dir, out), nproc=2, script=str(tmp_path/'driver.py'), **env)
     assert {p.name: int(p.read_text()) for p in (tmp_path/'steps').glob('rank*')} == {'rank0': 0, 'rank1': steps[1]}  # split 1: its last epoch only
     assert (out/'split0'/'model.pt').stat().st_mtime_ns == mtime and not (out/'split1'/'state.pt').exists()
-    pd.testing.assert_frame_equal(pd.read_csv(out/'metrics.csv'), pd.read_csv(two_ranks[0]/'metrics.csv'), check_exact=True)
-    pd.testing.assert_frame_equal(pd.read_csv(out/'predictions.csv'), pd.read_csv(two_ranks[0]/'predictions.csv'), check_exact=True)
+    assert_same_results(out, two_ranks[0])
+
+
+def test_same_results_tolerates_only_the_fit(tmp_path):
+    "`assert_same_results` lets the fitted-logistic PLCC differ below 1e-9 and nothing else differ at all."
+    m = pd.DataFrame(dict(split=[0, 0], target=['q', 'a'], srcc=[0.8303030303030302, 0.64], plcc_logistic=[0.9584895609468195, 0.75]))
+    def folder(name, **change):
+        (tmp_path/name).mkdir(); m.assign(**change).to_csv(tmp_path/name/'metrics.csv', index=False); return tmp_path/name
+    a = folder('a')
+    assert_same_results(a, folder('fit_ulps', plcc_logistic=m.plcc_logistic * (1 + 1e-12)), ['metrics.csv'])
+    for name, change in (('fit', dict(plcc_logistic=m.plcc_logistic * (1 + 1e-7))), ('srcc', dict(srcc=m.srcc * (1 + 1e-15)))):
+        with pytest.raises(AssertionError): assert_same_results(a, folder(name, **change), ['metrics.csv'])

@@ -10,7 +10,7 @@ import textwrap
 
 from ipiqa.data import read_agiqa3k, split_indices
 from ipiqa.training import TrainConfig, Trainer, make_splits
-from torchrun_helpers import toy_dir, CFG, DRIVER, cli_args, launch, steps_per_epoch
+from torchrun_helpers import toy_dir, CFG, DRIVER, assert_same_results, cli_args, launch, steps_per_epoch
 
 
 # Two ranks, one model: each steps on its half of every batch, DDP averages the gradients (`Trainer(ddp_group=...)`)
@@ -82,4 +82,4 @@ def test_killed_team_rank_resumes_its_split(toy_dir, team_run, tmp_path):
     launch(args, nproc=2, script=str(tmp_path/'driver.py'), **env)
     assert {p.name: int(p.read_text()) for p in (tmp_path/'steps').glob('rank*')} == {'rank0': steps[1], 'rank1': steps[1]}
     assert (out/'split0'/'model.pt').stat().st_mtime_ns == mtime and not (out/'split1'/'state.pt').exists()
-    pd.testing.assert_frame_equal(pd.read_csv(out/'metrics.csv'), pd.read_csv(team_run[0]/'metrics.csv'), check_exact=True)
+    assert_same_results(out, team_run[0])
