@@ -13,8 +13,9 @@ the same as with OpenAI's weights) on the same uint8 images and prompts; they di
   batch through the frozen text tower once, truncated after the longest [eot] (`batch_prompts`), only the [QA] vector
   trainable on the text side; a linear head; the fast path as the harness sets it (`ipiqa.training.fast_path`:
   channels_last and fused Adam, on CUDA also the cache on the GPU; `--fast False` turns it off); `--compile` adds `torch.compile`
-  of the trunk. It scores with the model as the scorer loads it (`ipiqa.model.inference_model`: batch norm folded into
-  the convolutions, channels_last).
+  of the trunk. It scores as the scorer does (`ipiqa.scoring.Scorer`): the model as the scorer loads it
+  (`ipiqa.model.inference_model`: batch norm folded into the convolutions, channels_last), and the prompts of a
+  scoring call through the text tower before its batches, 64 per pass in order of length (`OncePerCall.prefill`).
 - the authors' release (Coobiw/IP-IQA, with its [QA] token on): every image's prompt through the text tower at all 77
   positions; both attention pools projecting every token to a key and a value, as CLIP's `AttentionPool2d` does
   (ipiqa's `AttentionPool` computes the same function with the projections moved to the one query's side); the
@@ -36,7 +37,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from ipiqa.model import build_ipiqa, inference_model
-from ipiqa.scoring import image_set, prefill
+from ipiqa.scoring import OncePerCall, image_set, prefill
 from ipiqa.training import IQAData, Trainer, TrainConfig, autocast, fast_data, fast_model, fast_path, mos_loss, predict
 from ipiqa.views import ResizedView
 
@@ -157,17 +158,22 @@ def side(args, size, device, authors, base_pixels, texts):
     for _ in range(2): step()
     peak = (torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == 'cuda' else float('nan')
     scorer = model if authors else inference_model(copy.deepcopy(model))  # ipiqa scores as `Scorer.load` loads: batch norm folded, channels_last
-    def score():  # SCORE_BATCHES test batches through ipiqa's `predict`, or the authors' forward
-        batches = [next(test) for _ in range(SCORE_BATCHES)]
+    def score():  # one scoring call: `score_batches(args)` test batches through ipiqa's `predict` as the scorer runs a call, or the authors' forward
+        batches = [next(test) for _ in range(score_batches(args))]
         with torch.inference_mode():
-            if not authors: return predict(scorer, batches, device, args.amp)
+            if not authors:
+                text, scorer.text = scorer.text, OncePerCall(scorer.text)   # the call's memo, as `Scorer._scoring` sets it
+                try:
+                    with autocast(device, args.amp): scorer.text.prefill([texts[r] for b in batches for r in b['rows']])
+                    return predict(scorer, batches, device, args.amp)
+                finally: scorer.text = text
             model.eval()
             with autocast(device, args.amp): return [model(b['images'], b['tokens'], b['prompt_index']).float().cpu() for b in batches]
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return dict(step=step, score=score, n_train=n_train, peak=peak, parts=[k for k, on in fast_path(cfg, device).items() if on])
 
 
-SCORE_BATCHES = 4   # test batches per timed scoring call
+def score_batches(args): return max(1, args.score_images // args.batch_size)   # test batches per timed scoring call
 
 
 def _sharing(args, size, texts, n, barrier, queue):
@@ -215,7 +221,7 @@ def main(a):
     logging.getLogger().setLevel(logging.ERROR)   # not open_clip's 'initialized randomly' for every model: random init is the point
     device = torch.device(a.device)
     if device.type == 'cpu': torch.set_num_threads(a.threads or torch.get_num_threads())
-    texts = prompts(a.images or 4 * a.batch_size)
+    texts = prompts(a.images or max(4 * a.batch_size, a.score_images))
     print(f"# {a.arch} IP-IQA on {device}{' (bf16 autocast)' if a.amp else ' (fp32)'}, batch {a.batch_size}, "
           f"{len(texts)} images of distinct prompts, random init; torch {torch.__version__}"
           + (f", {torch.get_num_threads()} threads" if device.type == 'cpu' else f", {torch.cuda.get_device_name(device)}"))
@@ -223,7 +229,7 @@ def main(a):
         base = pixels(len(texts), size)
         them, us = (side(a, size, device, authors, base, texts) for authors in (True, False))
         steps = timed([them['step'], us['step']], device, a.repeat)
-        scores = timed([them['score'], us['score']], device, max(3, a.repeat // SCORE_BATCHES), warmup=1) / (SCORE_BATCHES * a.batch_size)
+        scores = timed([them['score'], us['score']], device, max(3, a.repeat // score_batches(a)), warmup=1) / (score_batches(a) * a.batch_size)
         for r, name, j in ((them, "authors' release", 0), (us, 'ipiqa', 1)):
             r.update(name=name, s_step=float(np.median(steps[:, j])), s_score=float(np.median(scores[:, j])))
             r['hours'] = protocol_hours(r['s_step'], r['s_score'], a.batch_size)
@@ -249,7 +255,9 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--arch', default='RN50'); p.add_argument('--device', default='cpu')
     p.add_argument('--sizes', type=int, nargs='+', default=[224, 512]); p.add_argument('--batch-size', type=int, default=8)
-    p.add_argument('--images', type=int, default=None, help='images (and distinct prompts) in the set; default 4 batches')
+    p.add_argument('--images', type=int, default=None, help='images (and distinct prompts) in the set; default 4 batches or --score-images')
+    p.add_argument('--score-images', type=int, default=32, help='images per timed scoring call, in batches of --batch-size; the scorer runs its '
+                   'calls in chunks of 512 images, each chunk\'s prompts through the text tower 64 at a time before its batches')
     p.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA only; ~20x slower on CPU)')
     p.add_argument('--compile', action='store_true', help="torch.compile ipiqa's trunk (about a minute first)")
     p.add_argument('--fast', default=None, type=lambda s: s.lower() == 'true', metavar='True|False',

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .baselines import CLIPIQA_PROMPTS, clipiqa, clipscore
 from .data import AGIQASet, NativeImages, atomic_write, atomic_write_csv, check_run_config
 from .model import TOY_CLIP_TAGS, ImageTower, PromptEncoder, _NotRandom, clip_normalize, inference_model, load_clip, truncate_tokens
-from .training import (RESUME_KEYS, IQAData, Method, TrainConfig, Trained, _save, checkpoint, fit, get_method,
+from .training import (RESUME_KEYS, IQAData, Method, TrainConfig, Trained, _save, autocast, checkpoint, fit, get_method,
                             load_trained, predict, resolve_device, seed_everything)
 from .views import CropView, ResizedView, crop_positions
 
@@ -77,11 +77,24 @@ class OncePerCall(nn.Module):
     "Wraps a prompt encoder (`tokenize`, `encode`) for one scoring call: each distinct prompt's feature computed once, then reused."
     def __init__(self, text): super().__init__(); self.inner, self.memo = text, {}
     def tokenize(self, prompts): return self.inner.tokenize(prompts)
+    @staticmethod
+    def _keys(tokens): return [r[: int(r.argmax()) + 1].numpy().tobytes() for r in tokens.cpu()]  # a prompt's tokens up to its [eot]
+
     def forward(self, tokens):
-        keys = [r[: int(r.argmax()) + 1].numpy().tobytes() for r in tokens.cpu()]
+        keys = self._keys(tokens)
         new = list(dict.fromkeys(k for k in keys if k not in self.memo))
         if new: self.memo.update(zip(new, self.inner.encode(tokens[[keys.index(k) for k in new]])))
         return torch.stack([self.memo[k] for k in keys])
+
+    def prefill(self, prompts, batch_size=64):
+        "Compute the features of those `prompts` not yet known ahead of the batches: `batch_size` prompts of similar length per pass, each pass cut after its longest."
+        tokens = self.tokenize(list(dict.fromkeys(prompts)))
+        keys, ends, device = self._keys(tokens), tokens.argmax(-1), next(self.inner.parameters()).device
+        todo = sorted(dict((k, i) for i, k in enumerate(keys) if k not in self.memo).values(), key=lambda i: int(ends[i]))
+        for s in range(0, len(todo), batch_size):
+            rows = todo[s: s + batch_size]
+            self.memo.update(zip((keys[i] for i in rows), self.inner.encode(truncate_tokens(tokens[rows]).to(device))))
+
 
 # %% ../nbs/08_scoring.ipynb #a6a59029
 ZERO_SHOT_MODELS = dict(clipscore=('CLIPScore', (0.0, 100.0)), clipiqa=('CLIP-IQA', (0.0, 1.0)))
@@ -244,8 +257,11 @@ def _predict(self: Scorer, pixels, prompts):
     ds, preds = prefill(image_set(prompts, self.targets, self.score_range), self.view, pixels), []
     for m in self.members:
         loader = IQAData(ds, self.view, m.model.tokenize, self.num_workers).loader(np.arange(len(pixels)), self.batch_size)
+        amp = self.amp if self.amp is not None else m.config.amp is not False
         with torch.inference_mode():
-            preds.append(predict(m.model, loader, self.device, self.amp if self.amp is not None else m.config.amp is not False, m.method))
+            if isinstance(getattr(m.model, 'text', None), OncePerCall):
+                with autocast(self.device, amp): m.model.text.prefill(prompts)   # the chunk's prompts first, many per pass
+            preds.append(predict(m.model, loader, self.device, amp, m.method))
     return np.mean(preds, 0)
 
 # %% ../nbs/08_scoring.ipynb #36b5e056
