@@ -164,7 +164,7 @@ def side(args, size, device, authors, base_pixels, texts):
             if not authors:
                 text, scorer.text = scorer.text, OncePerCall(scorer.text)   # the call's memo, as `Scorer._scoring` sets it
                 try:
-                    with autocast(device, args.amp): scorer.text.prefill([texts[r] for b in batches for r in b['rows']])
+                    with autocast(device, args.amp): scorer.text.prefill(data.token_table[torch.cat([b['prompt_ids'] for b in batches]).cpu()])
                     return predict(scorer, batches, device, args.amp)
                 finally: scorer.text = text
             model.eval()

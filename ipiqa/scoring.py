@@ -86,9 +86,9 @@ class OncePerCall(nn.Module):
         if new: self.memo.update(zip(new, self.inner.encode(tokens[[keys.index(k) for k in new]])))
         return torch.stack([self.memo[k] for k in keys])
 
-    def prefill(self, prompts, batch_size=64):
-        "Compute the features of those `prompts` not yet known ahead of the batches: `batch_size` prompts of similar length per pass, each pass cut after its longest."
-        tokens = self.tokenize(list(dict.fromkeys(prompts)))
+    def prefill(self, tokens, batch_size=64):
+        "Compute the features of those prompts in `tokens` (P, L) not yet known, ahead of the batches: `batch_size` prompts of similar length per pass, each pass cut after its longest."
+        tokens = tokens.cpu()   # lengths and keys are read on the host
         keys, ends, device = self._keys(tokens), tokens.argmax(-1), next(self.inner.parameters()).device
         todo = sorted(dict((k, i) for i, k in enumerate(keys) if k not in self.memo).values(), key=lambda i: int(ends[i]))
         for s in range(0, len(todo), batch_size):
@@ -256,12 +256,12 @@ def _predict(self: Scorer, pixels, prompts):
     "The models' mean `predict` on decoded `pixels` made from `prompts`: the data path of a test split."
     ds, preds = prefill(image_set(prompts, self.targets, self.score_range), self.view, pixels), []
     for m in self.members:
-        loader = IQAData(ds, self.view, m.model.tokenize, self.num_workers).loader(np.arange(len(pixels)), self.batch_size)
+        data = IQAData(ds, self.view, m.model.tokenize, self.num_workers)
         amp = self.amp if self.amp is not None else m.config.amp is not False
         with torch.inference_mode():
             if isinstance(getattr(m.model, 'text', None), OncePerCall):
-                with autocast(self.device, amp): m.model.text.prefill(prompts)   # the chunk's prompts first, many per pass
-            preds.append(predict(m.model, loader, self.device, amp, m.method))
+                with autocast(self.device, amp): m.model.text.prefill(data.token_table)   # the chunk's prompts first, many per pass
+            preds.append(predict(m.model, data.loader(np.arange(len(pixels)), self.batch_size), self.device, amp, m.method))
     return np.mean(preds, 0)
 
 # %% ../nbs/08_scoring.ipynb #36b5e056
