@@ -13,7 +13,7 @@ the same as with OpenAI's weights) on the same uint8 images and prompts; they di
   batch through the frozen text tower once, truncated after the longest [eot] (`batch_prompts`), only the [QA] vector
   trainable on the text side; a linear head; the fast path as the harness sets it (`ipiqa.training.fast_path`:
   channels_last and fused Adam, on CUDA also the cache on the GPU; `--fast False` turns it off); `--compile` adds `torch.compile`
-  of the trunk. It scores as the scorer does (`ipiqa.scoring.Scorer`): the model as the scorer loads it
+  of the trunk, in training and in scoring (`ipiqa score --compile`). It scores as the scorer does (`ipiqa.scoring.Scorer`): the model as the scorer loads it
   (`ipiqa.model.inference_model`: batch norm folded into the convolutions, channels_last), and the prompts of a
   scoring call through the text tower before its batches, 64 per pass in order of length (`OncePerCall.prefill`).
 - the authors' release (Coobiw/IP-IQA, with its [QA] token on): every image's prompt through the text tower at all 77
@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from ipiqa.model import build_ipiqa, inference_model
 from ipiqa.scoring import OncePerCall, image_set, prefill
-from ipiqa.training import IQAData, Trainer, TrainConfig, autocast, fast_data, fast_model, fast_path, mos_loss, predict
+from ipiqa.training import IQAData, Trainer, TrainConfig, autocast, fast_data, fast_model, fast_path, get_method, mos_loss, predict
 from ipiqa.views import ResizedView
 
 SUBJECTS = ['a girl sitting on the bench', 'a lighthouse on a cliff at dawn', 'an astronaut riding a horse on the moon',
@@ -158,6 +158,7 @@ def side(args, size, device, authors, base_pixels, texts):
     for _ in range(2): step()
     peak = (torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == 'cuda' else float('nan')
     scorer = model if authors else inference_model(copy.deepcopy(model))  # ipiqa scores as `Scorer.load` loads: batch norm folded, channels_last
+    if scorer is not model and args.compile: get_method('ipiqa').compile(scorer)   # as `ipiqa score --compile` (a deep copy drops the compile)
     def score():  # one scoring call: `score_batches(args)` test batches through ipiqa's `predict` as the scorer runs a call, or the authors' forward
         batches = [next(test) for _ in range(score_batches(args))]
         with torch.inference_mode():
@@ -259,7 +260,7 @@ if __name__ == '__main__':
     p.add_argument('--score-images', type=int, default=32, help='images per timed scoring call, in batches of --batch-size; the scorer runs its '
                    'calls in chunks of 512 images, each chunk\'s prompts through the text tower 64 at a time before its batches')
     p.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA only; ~20x slower on CPU)')
-    p.add_argument('--compile', action='store_true', help="torch.compile ipiqa's trunk (about a minute first)")
+    p.add_argument('--compile', action='store_true', help="torch.compile ipiqa's trunk, in training and in scoring (as `ipiqa score --compile`); about a minute first")
     p.add_argument('--fast', default=None, type=lambda s: s.lower() == 'true', metavar='True|False',
                    help="force ipiqa's fast path (cache on the device, channels_last, fused Adam) on or off; default: as the harness does (channels_last and fused Adam on CUDA and CPU, the cache on CUDA)")
     p.add_argument('--tokenwise-pools', action='store_true', help="ipiqa's attention pools computed token-wise too, as the authors' "

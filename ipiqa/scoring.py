@@ -190,8 +190,8 @@ class Scorer:
 
 # %% ../nbs/08_scoring.ipynb #f2e592b5
 @patch(cls_method=True)
-def load(cls: Scorer, path, device='auto', batch_size=32, pretrained=None, arch=None, ensemble=False, **kwargs):
-    "A run folder (its `final/model.pt`, else its `split*/model.pt` averaged), one `model.pt`, or a baseline name on CLIP `pretrained`; every model made for scoring only (`inference_model`)."
+def load(cls: Scorer, path, device='auto', batch_size=32, pretrained=None, arch=None, ensemble=False, compile=False, **kwargs):
+    "A run folder (its `final/model.pt`, else its `split*/model.pt` averaged), one `model.pt`, or a baseline name on CLIP `pretrained`; every model made for scoring only (`inference_model`); `compile`: each model's costly part through `torch.compile` (its method's `compile`: IP-IQA's ResNet trunk)."
     device = resolve_device(device)
     if str(path).lower() in BASELINES and not Path(path).exists():
         try: members, kind = [load_zero_shot(str(path).lower(), pretrained or 'openai', arch, device)], 'zero-shot'
@@ -199,7 +199,9 @@ def load(cls: Scorer, path, device='auto', batch_size=32, pretrained=None, arch=
     else:
         kind, files = model_files(path, ensemble)
         members = [load_member(f, device) for f in files]
-    for m in members: inference_model(m.model)
+    for m in members:
+        inference_model(m.model)
+        if compile: m.method.compile(m.model)   # after folding: the compiled trunk is the folded one
     return cls(members, kind, path, batch_size, **kwargs)
 
 # %% ../nbs/08_scoring.ipynb #14bcbaa3
@@ -463,6 +465,8 @@ def cli_parser():
     a('--device', default='auto', help="auto (CUDA when available) | cpu | cuda | cuda:1 ... (default: auto)")
     a('--batch-size', type=int, default=32, metavar='N', help="images per batch (default: 32)")
     a('--num-workers', type=int, default=4, metavar='N', help="threads decoding images (default: 4)")
+    a('--compile', action='store_true', help="torch.compile each model's costly part (IP-IQA: its ResNet trunk): faster per image on a GPU "
+      "after a minute or so of compiling, so for large sets (README, How fast)")
     a('-q', '--quiet', action='store_true', help="no progress bar, no summary lines on stderr (skipped images are still named)")
     p.commands = dict(score=s)
     return p
@@ -477,7 +481,7 @@ def _scored_table(entries, prompts, scores, skipped, scorer):
 
 def _setup(a):
     "Everything checked before any image is read: the model, `--sort`, the prompts file, the list of images."
-    scorer = Scorer.load(a.model, a.device, a.batch_size, a.pretrained, a.arch, a.ensemble, num_workers=a.num_workers)
+    scorer = Scorer.load(a.model, a.device, a.batch_size, a.pretrained, a.arch, a.ensemble, a.compile, num_workers=a.num_workers)
     if a.sort and a.sort not in scorer.targets: raise UsageError(f"--sort {a.sort}: not a column of this model's scores ({', '.join(scorer.targets)})")
     mapping = read_prompts(a.prompts) if a.prompts else {}
     entries, skipped = collect_images(a.images, exclude=[a.prompts, a.output, a.errors, a.report])
