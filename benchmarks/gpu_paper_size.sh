@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The paper-size checks on one GPU, in one go (about 6 minutes on an H100); prints figures, asserts nothing.
+# The paper-size checks on one GPU, in one go (4.6 minutes on an H200, 2026-11-27); prints figures, asserts nothing.
 #
 #   bash benchmarks/gpu_paper_size.sh [results folder, default outputs/gpu_paper_size]
+#   SIZES=512 SCORE=0 bash benchmarks/gpu_paper_size.sh     # the benchmark at 512 px only, no scorer run (H100: 4.0 minutes)
 #
 # 1. The training loop itself, as the README's one-GPU torchrun line runs it (two splits at once, compiled): CLIP-RN50
 #    (random init) at 512 px on the AGIQA-3k-sized toy set (3,000 images, 2,400 training images per split), 4 splits
