@@ -21,7 +21,9 @@ AGIQA3K = dict(images=2982, train=0.8, splits=10, epochs=100)
 
 def project(run, processes):
     run = Path(run)
-    marks = dict(line.split() for line in (run / 'finished.txt').read_text().splitlines() if len(line.split()) == 2)
+    marks = dict((line.split() + [None])[:2] for line in (run / 'finished.txt').read_text().splitlines() if line.strip())
+    unfinished = sorted(k for k, t in marks.items() if t is None)
+    if unfinished: raise ValueError(f"{run}: {', '.join(unfinished)} wrote no metrics.csv (finished.txt has no time for it): the run did not finish them")
     start = float(marks.pop('start'))
     splits = sorted(int(k.removeprefix('split')) for k in marks)
     finished = {k: float(marks[f'split{k}']) for k in splits}

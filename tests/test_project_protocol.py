@@ -36,3 +36,9 @@ def test_splits_with_different_epochs_are_refused(tmp_path):
     run = make_run(tmp_path)
     pd.DataFrame(dict(epoch=[1, 2], train_loss=[1.0, 0.9], seconds=[4.0, 5.0])).to_csv(run / 'split3' / 'history.csv', index=False)
     with pytest.raises(ValueError, match='different numbers of epochs'): project(run, 2)
+
+
+def test_unfinished_split_is_named(tmp_path):
+    run = make_run(tmp_path)
+    (run / 'finished.txt').write_text((run / 'finished.txt').read_text().replace('split3 1082', 'split3'))
+    with pytest.raises(ValueError, match='split3 wrote no metrics.csv'): project(run, 2)
