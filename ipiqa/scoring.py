@@ -217,7 +217,9 @@ def describe(self: Scorer):
     else:
         what = dict(ensemble=f"ensemble of {len(self.members)} split models (their mean)", final='final model (trained on all images)',
                     model='one model')[self.kind] + f", {METHOD_NAMES.get(c.method, c.method)} on {c.arch}, from {self.source}"
-    return f"{what}; {_view_words(self.view)}; {'reads' if self.reads_prompt else 'ignores'} the prompt; columns {', '.join(self.targets)}"
+    compiled = any(getattr(m, '_compiled_call_impl', None) is not None for m in self.members[0].model.modules())
+    return (f"{what}; {_view_words(self.view)}; {'reads' if self.reads_prompt else 'ignores'} the prompt; columns {', '.join(self.targets)}"
+            + ('; compiled (torch.compile)' if compiled else ''))
 
 # %% ../nbs/08_scoring.ipynb #ce66ccea
 def _as_list(images):
