@@ -37,8 +37,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from ipiqa.model import build_ipiqa, inference_model
-from ipiqa.scoring import OncePerCall, image_set, prefill
-from ipiqa.training import IQAData, Trainer, TrainConfig, autocast, fast_data, fast_model, fast_path, get_method, mos_loss, predict
+from ipiqa.scoring import image_set, once_per_call, predict_prefilled, prefill
+from ipiqa.training import IQAData, Trainer, TrainConfig, autocast, fast_data, fast_model, fast_path, get_method, mos_loss
 from ipiqa.views import ResizedView
 
 SUBJECTS = ['a girl sitting on the bench', 'a lighthouse on a cliff at dawn', 'an astronaut riding a horse on the moon',
@@ -163,11 +163,8 @@ def side(args, size, device, authors, base_pixels, texts):
         batches = [next(test) for _ in range(score_batches(args))]
         with torch.inference_mode():
             if not authors:
-                text, scorer.text = scorer.text, OncePerCall(scorer.text)   # the call's memo, as `Scorer._scoring` sets it
-                try:
-                    with autocast(device, args.amp): scorer.text.prefill(data.token_table[torch.cat([b['prompt_ids'] for b in batches]).cpu()])
-                    return predict(scorer, batches, device, args.amp)
-                finally: scorer.text = text
+                with once_per_call([scorer]):   # the call's memo and prefill, as `Scorer` runs a call
+                    return predict_prefilled(scorer, data.token_table[torch.cat([b['prompt_ids'] for b in batches]).cpu()], batches, device, args.amp)
             model.eval()
             with autocast(device, args.amp): return [model(b['images'], b['tokens'], b['prompt_index']).float().cpu() for b in batches]
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -10,13 +10,13 @@ later ones cost (building the model, compiling again from the process's cache, t
 The missing epochs are added at the steady pace (the median epoch after each split's first), scaled from the run's
 training images per split to AGIQA-3k's 2,385. Prints figures, asserts nothing.
 """
-import argparse, json
+import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-AGIQA3K = dict(images=2982, train=0.8, splits=10, epochs=100)
+from bench_ipiqa import AGIQA3K   # the protocol's sizes, as bench_ipiqa projects them
 
 
 def project(run, processes):

@@ -317,6 +317,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'ipiqa.scoring.load_zero_shot': ('scoring.html#load_zero_shot', 'ipiqa/scoring.py'),
                                'ipiqa.scoring.main': ('scoring.html#main', 'ipiqa/scoring.py'),
                                'ipiqa.scoring.model_files': ('scoring.html#model_files', 'ipiqa/scoring.py'),
+                               'ipiqa.scoring.once_per_call': ('scoring.html#once_per_call', 'ipiqa/scoring.py'),
+                               'ipiqa.scoring.predict_prefilled': ('scoring.html#predict_prefilled', 'ipiqa/scoring.py'),
                                'ipiqa.scoring.prefill': ('scoring.html#prefill', 'ipiqa/scoring.py'),
                                'ipiqa.scoring.read_prompts': ('scoring.html#read_prompts', 'ipiqa/scoring.py'),
                                'ipiqa.scoring.reads_prompt': ('scoring.html#reads_prompt', 'ipiqa/scoring.py'),

@@ -27,9 +27,10 @@ from .views import CropView, ResizedView, crop_positions
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'ZERO_SHOT_MODELS', 'BASELINES', 'METHOD_NAMES', 'FINAL_SPLIT', 'FINAL_KEYS', 'REPORT_STYLE',
            'SCORE_HELP', 'SCORE_EPILOG', 'to_rgb', 'view_size', 'view_pixels', 'image_set', 'prefill', 'OncePerCall',
-           'ZeroShot', 'ZeroShotMethod', 'load_zero_shot', 'ModelError', 'model_files', 'load_member', 'reads_prompt',
-           'Scorer', 'train_final', 'UsageError', 'collect_images', 'read_prompts', 'entry_prompt', 'write_scores',
-           'thumbnail', 'write_report', 'cli_parser', 'run_score', 'main']
+           'once_per_call', 'predict_prefilled', 'ZeroShot', 'ZeroShotMethod', 'load_zero_shot', 'ModelError',
+           'model_files', 'load_member', 'reads_prompt', 'Scorer', 'train_final', 'UsageError', 'collect_images',
+           'read_prompts', 'entry_prompt', 'write_scores', 'thumbnail', 'write_report', 'cli_parser', 'run_score',
+           'main']
 
 # %% ../nbs/08_scoring.ipynb #a6763b00
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif', '.tif', '.tiff')
@@ -94,6 +95,21 @@ class OncePerCall(nn.Module):
         for s in range(0, len(todo), batch_size):
             rows = todo[s: s + batch_size]
             self.memo.update(zip((keys[i] for i in rows), self.inner.encode(truncate_tokens(tokens[rows]).to(device))))
+
+@contextlib.contextmanager
+def once_per_call(models):
+    "Each of `models`' [QA] prompt encoders wrapped in `OncePerCall` while it lasts: one scoring call's memo."
+    wrapped = [(model, model.text) for model in models if isinstance(getattr(model, 'text', None), PromptEncoder)]
+    for model, text in wrapped: model.text = OncePerCall(text)
+    try: yield
+    finally:
+        for model, text in wrapped: model.text = text
+
+def predict_prefilled(model, token_table, batches, device, amp=True, method=None):
+    "`predict` of `batches`, the prompts of `token_table` sent through a `OncePerCall` prompt encoder first, many per pass."
+    if isinstance(getattr(model, 'text', None), OncePerCall):
+        with autocast(device, amp): model.text.prefill(token_table)
+    return predict(model, batches, device, amp, method)
 
 
 # %% ../nbs/08_scoring.ipynb #a6a59029
@@ -262,10 +278,8 @@ def _predict(self: Scorer, pixels, prompts):
     for m in self.members:
         data = IQAData(ds, self.view, m.model.tokenize, self.num_workers)
         amp = self.amp if self.amp is not None else m.config.amp is not False
-        with torch.inference_mode():
-            if isinstance(getattr(m.model, 'text', None), OncePerCall):
-                with autocast(self.device, amp): m.model.text.prefill(data.token_table)   # the chunk's prompts first, many per pass
-            preds.append(predict(m.model, data.loader(np.arange(len(pixels)), self.batch_size), self.device, amp, m.method))
+        with torch.inference_mode():   # the chunk's prompts first, many per pass
+            preds.append(predict_prefilled(m.model, data.token_table, data.loader(np.arange(len(pixels)), self.batch_size), self.device, amp, m.method))
     return np.mean(preds, 0)
 
 # %% ../nbs/08_scoring.ipynb #36b5e056
@@ -273,11 +287,7 @@ def _predict(self: Scorer, pixels, prompts):
 @contextlib.contextmanager
 def _scoring(self: Scorer):
     "Each model's prompt encoder wrapped in `OncePerCall` while it lasts."
-    wrapped = [(m.model, m.model.text) for m in self.members if isinstance(getattr(m.model, 'text', None), PromptEncoder)]
-    for model, text in wrapped: model.text = OncePerCall(text)
-    try: yield
-    finally:
-        for model, text in wrapped: model.text = text
+    with once_per_call([m.model for m in self.members]): yield
 
 # %% ../nbs/08_scoring.ipynb #f1ebe2df
 @patch
