@@ -23,6 +23,10 @@ the same as with OpenAI's weights) on the same uint8 images and prompts; they di
   the frozen text transformer; the positional embedding and text projection trainable; an MLP head; float images
   made on the host and copied to the device every step (pinned); default Adam; contiguous layout.
 
+By default every image has a prompt of its own, so the scorer's prefill saves the least it can; `--images-per-prompt
+10` scores a set that shares its prompts as AGIQA-3k does (2,982 images of 300 prompts), while training batches keep
+a prompt per image (a batch of 40 from AGIQA-3k's ~2,400 training images rarely repeats one).
+
 The two sides are built side by side and timed in turns: each round runs one training step (one scoring call) of
 each, in alternating order, and the figures are medians over the rounds. A ratio is the median of the rounds'
 ratios, printed with their range. So the machine's drift (2 shared CPU cores have run a third slower from one hour
@@ -139,12 +143,21 @@ def setup(args, size, device, authors, base_pixels, texts, parts=None):
     if parts: cfg = dataclasses.replace(cfg, **parts)
     if authors: cfg = dataclasses.replace(cfg, device_cache=False, channels_last=False, fused_adam=False, torch_compile=False)
     fast_model(model, cfg, device)
-    ds = prefill(image_set(texts, ['mos_quality', 'mos_align']), ResizedView(size), base_pixels)
-    data = IQAData(ds, size, model.tokenize, args.workers)
-    data.targets = torch.rand(len(texts), 2) * 5
-    data, rows = fast_data(data, cfg), np.arange(len(texts))
+    data, rows = fast_data(iqa_data(model, size, texts, base_pixels, args.workers), cfg), np.arange(len(texts))
     trainer = Trainer(model, mos_loss, 1e-5, device, args.amp, fused=fast_path(cfg, device)['fused_adam'])
     return model, trainer, data, rows, cfg
+
+
+def iqa_data(model, size, texts, base_pixels, workers):
+    "The harness's data for `texts` (one image each, in order) on `base_pixels`, with random MOS."
+    data = IQAData(prefill(image_set(texts, ['mos_quality', 'mos_align']), ResizedView(size), base_pixels), size, model.tokenize, workers)
+    data.targets = torch.rand(len(texts), 2) * 5
+    return data
+
+
+def shared(texts, k):
+    "`texts` with each prompt given to `k` images in a row (the first `len(texts) // k` prompts), as a dataset shares its prompts."
+    return [texts[i // k] for i in range(len(texts))]
 
 
 def side(args, size, device, authors, base_pixels, texts):
@@ -153,7 +166,8 @@ def side(args, size, device, authors, base_pixels, texts):
     before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     model, trainer, data, rows, cfg = setup(args, size, device, authors, base_pixels, texts)
-    train, test = Batches(data, rows, args.batch_size, device, authors, True), Batches(data, rows, args.batch_size, device, authors, False)
+    scored = data if args.images_per_prompt == 1 else fast_data(iqa_data(model, size, shared(texts, args.images_per_prompt), base_pixels, args.workers), cfg)
+    train, test = Batches(data, rows, args.batch_size, device, authors, True), Batches(scored, rows, args.batch_size, device, authors, False)
     step = lambda: trainer.step(next(train))
     for _ in range(2): step()
     peak = (torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == 'cuda' else float('nan')
@@ -164,7 +178,7 @@ def side(args, size, device, authors, base_pixels, texts):
         with torch.inference_mode():
             if not authors:
                 with once_per_call([scorer]):   # the call's memo and prefill, as `Scorer` runs a call
-                    return predict_prefilled(scorer, data.token_table[torch.cat([b['prompt_ids'] for b in batches]).cpu()], batches, device, args.amp)
+                    return predict_prefilled(scorer, scored.token_table[torch.cat([b['prompt_ids'] for b in batches]).cpu()], batches, device, args.amp)
             model.eval()
             with autocast(device, args.amp): return [model(b['images'], b['tokens'], b['prompt_index']).float().cpu() for b in batches]
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -221,7 +235,8 @@ def main(a):
     if device.type == 'cpu': torch.set_num_threads(a.threads or torch.get_num_threads())
     texts = prompts(a.images or max(4 * a.batch_size, a.score_images))
     print(f"# {a.arch} IP-IQA on {device}{' (bf16 autocast)' if a.amp else ' (fp32)'}, batch {a.batch_size}, "
-          f"{len(texts)} images of distinct prompts, random init; torch {torch.__version__}"
+          f"{len(texts)} images of distinct prompts" + (f" (scored {a.images_per_prompt} images per prompt)" if a.images_per_prompt > 1 else '')
+          + f", random init; torch {torch.__version__}"
           + (f", {torch.get_num_threads()} threads" if device.type == 'cpu' else f", {torch.cuda.get_device_name(device)}"))
     for size in a.sizes:
         base = pixels(len(texts), size)
@@ -256,6 +271,9 @@ if __name__ == '__main__':
     p.add_argument('--images', type=int, default=None, help='images (and distinct prompts) in the set; default 4 batches or --score-images')
     p.add_argument('--score-images', type=int, default=32, help='images per timed scoring call, in batches of --batch-size; the scorer runs its '
                    'calls in chunks of 512 images, each chunk\'s prompts through the text tower 64 at a time before its batches')
+    p.add_argument('--images-per-prompt', type=int, default=1, help='images sharing each prompt in the scored set (training batches keep a '
+                   'prompt per image); 1: every image its own prompt, the least the prefill can save. AGIQA-3k has 2,982 images of 300 '
+                   'prompts, about 10 each, so a scoring call over its test side (about 600 images) meets each of its 60 prompts about 10 times')
     p.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA only; ~20x slower on CPU)')
     p.add_argument('--compile', action='store_true', help="torch.compile ipiqa's trunk, in training and in scoring (as `ipiqa score --compile`); about a minute first")
     p.add_argument('--fast', default=None, type=lambda s: s.lower() == 'true', metavar='True|False',
