@@ -39,7 +39,7 @@ __all__ = ['PAPER_THRESHOLD', 'PRETRAIN_PRESETS', 'IMAGE_EXTS', 'RECORD_KEYS', '
 # %% ../nbs/01d_image2prompt.ipynb #ea93767e
 PAPER_THRESHOLD = 0.35
 PRETRAIN_PRESETS = dict(
-    toy=dict(arch='RN50-tiny', pretrained='toy-web', threshold='q0.25', image_size=64, epochs=2, batch_size=32, lr=1e-4, ckpt_every=20),
+    toy=dict(arch='RN50-tiny', pretrained='toy-photo', threshold='q0.25', image_size=64, epochs=2, batch_size=32, lr=1e-4, ckpt_every=20),
     real=dict(arch='RN50', pretrained='openai', threshold=PAPER_THRESHOLD, image_size=512, epochs=1, batch_size=40, lr=1e-5, ckpt_every=500),
 )
 

@@ -50,13 +50,13 @@ if MODEL_CONFIGS.is_dir() and 'RN50-tiny' not in open_clip.list_models(): open_c
 class _NotRandom(logging.Filter):  # open_clip says "initialized randomly" before we load the toy weights
     def filter(self, record): return 'No pretrained weights loaded' not in record.getMessage()
 
-TOY_CLIP_TAGS = {'toy': 'exact', 'toy-web': 'web'}  # pretrained tag -> the captions that toy CLIP learned from (`ipiqa.toyclip`)
+TOY_CLIP_TAGS = {'toy': 'exact', 'toy-web': 'web', 'toy-photo': 'photo'}  # pretrained tag -> the corpus that toy CLIP learned from (`ipiqa.toyclip.TOY_CLIP_WEBS`)
 
-def _load_toy_clip(arch, device, captions='exact', path=None):
-    from ipiqa.toyclip import toy_clip_file, toy_clip_state
-    path = path or toy_clip_file(arch, captions)
-    if not Path(path).is_file(): raise FileNotFoundError(f"no toy CLIP {arch} pre-trained on {captions} captions ({path}); make it with "
-                                                         f"`python -m ipiqa.toyclip --arch {arch} --captions {captions}`")
+def _load_toy_clip(arch, device, web='exact', path=None):
+    from ipiqa.toyclip import toy_clip_file, toy_clip_state, toyclip_command
+    path = path or toy_clip_file(arch, web)
+    if not Path(path).is_file(): raise FileNotFoundError(f"no toy CLIP {arch} pre-trained on the {web!r} corpus ({path}); make it with "
+                                                         f"`{toyclip_command(arch, web)}`")
     sd, meta = toy_clip_state(path)
     if meta['arch'] != arch: raise ValueError(f"{path} is a toy {meta['arch']}, not a {arch}")
     f = _NotRandom(); logging.getLogger().addFilter(f)
@@ -72,7 +72,7 @@ def is_toy_clip_file(path):
     return isinstance(ck, dict) and 'token_rows' in ck
 
 def load_clip(arch='RN50', pretrained=None, device='cpu'):
-    "An open_clip CLIP `arch` and its tokenizer; `pretrained` is an open_clip tag, a local weight file, 'toy' / 'toy-web' (`TOY_CLIP_TAGS`), a toy CLIP file (`python -m ipiqa.toyclip --out`) or None (random)."
+    "An open_clip CLIP `arch` and its tokenizer; `pretrained` is an open_clip tag, a local weight file, 'toy' / 'toy-web' / 'toy-photo' (`TOY_CLIP_TAGS`), a toy CLIP file (`python -m ipiqa.toyclip --out`) or None (random)."
     if arch not in open_clip.list_models(): raise ValueError(f"unknown CLIP arch {arch!r}; ResNet ones: {[m for m in open_clip.list_models() if m.startswith('RN')]}")
     if pretrained in (None, '', 'none', 'random'): pretrained = None
     elif pretrained in TOY_CLIP_TAGS: return _load_toy_clip(arch, device, TOY_CLIP_TAGS[pretrained])

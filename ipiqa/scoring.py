@@ -145,7 +145,7 @@ class ZeroShotMethod(Method):
     def build(self, cfg, n_outputs, score_range=(0.0, 5.0)): raise TypeError("a zero-shot baseline is not trained: use load_zero_shot")
 
 def load_zero_shot(kind, pretrained='openai', arch=None, device='cpu'):
-    "Zero-shot `kind` ('clipscore' | 'clipiqa') on CLIP `arch` (default RN50; RN50-tiny for the toy tags, `pretrained='toy'` or `'toy-web'`) as a `Trained`."
+    "Zero-shot `kind` ('clipscore' | 'clipiqa') on CLIP `arch` (default RN50; RN50-tiny for the toy tags, `TOY_CLIP_TAGS`) as a `Trained`."
     arch = arch or ('RN50-tiny' if pretrained in TOY_CLIP_TAGS else 'RN50')
     model = ZeroShot(*load_clip(arch, pretrained), kind)
     column, score_range = ZERO_SHOT_MODELS[kind]
@@ -465,8 +465,8 @@ def cli_parser():
     a('images', nargs='+', metavar='IMAGES', help="image files, folders (recursive: " + ' '.join(IMAGE_EXTENSIONS)
       + "), or a .csv/.parquet table with columns path[,prompt] (paths relative to the table)")
     a('-m', '--model', required=True, help="a run folder (its final/model.pt if present, else all split*/model.pt averaged), one model.pt, or a baseline: clipscore | clipiqa")
-    a('--pretrained', metavar='WEIGHTS', help="baseline only: CLIP weights, 'openai' (default), a local weights file, or 'toy-web' / 'toy' (the project's toy CLIPs, offline)")
-    a('--arch', help="baseline only: CLIP architecture (default RN50; RN50-tiny with --pretrained toy-web or toy)")
+    a('--pretrained', metavar='WEIGHTS', help="baseline only: CLIP weights, 'openai' (default), a local weights file, or 'toy-photo' / 'toy-web' / 'toy' (the project's toy CLIPs, offline)")
+    a('--arch', help="baseline only: CLIP architecture (default RN50; RN50-tiny with a toy tag)")
     a('--ensemble', action='store_true', help="run folder only: average the split models even when final/model.pt exists")
     a('--prompts', metavar='FILE', help="CSV/parquet with columns name,prompt, or a JSON object {name: prompt}; a name matches an image's path as listed, its path inside the folder given, or its file name")
     a('--prompt', metavar='TEXT', help="one prompt for every image that the --prompts file or image table gives none")

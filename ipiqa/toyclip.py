@@ -18,13 +18,14 @@ from tqdm.auto import tqdm
 from .baselines import clip_text_features, cosine
 from .data import atomic_write
 from .model import clip_normalize, encode_text, load_clip, truncate_tokens
-from .toyworld import CAPTIONS, captioned_corpus
+from .toyworld import captioned_corpus
 from .training import Trainer, seed_everything
 
 # %% auto #0
-__all__ = ['TOY_CLIP_ARCHS', 'TOY_CLIP_DIR', 'TOY_CLIP_RECIPE', 'TOY_CLIP_LR', 'TOY_CLIP_QUALITY_WORDS', 'toy_clip_file',
-           'contrastive_loss', 'param_groups', 'train_toy_clip', 'used_token_ids', 'save_toy_clip', 'toy_clip_state',
-           'clip_similarity', 'retrieval_accuracy', 'plot_similarity', 'build_toy_clip', 'toyclip']
+__all__ = ['TOY_CLIP_ARCHS', 'TOY_CLIP_DIR', 'TOY_CLIP_RECIPE', 'TOY_CLIP_LR', 'TOY_CLIP_QUALITY_WORDS', 'TOY_CLIP_WEBS',
+           'toy_clip_file', 'toy_clip_web', 'toyclip_command', 'contrastive_loss', 'param_groups', 'train_toy_clip',
+           'used_token_ids', 'save_toy_clip', 'toy_clip_state', 'clip_similarity', 'retrieval_accuracy',
+           'plot_similarity', 'build_toy_clip', 'toyclip']
 
 # %% ../nbs/01h_toyclip.ipynb #1bc81791
 TOY_CLIP_ARCHS = ('RN50-tiny', 'ViT-B-32-tiny')
@@ -34,11 +35,23 @@ TOY_CLIP_LR = {'RN50-tiny': 2e-3, 'ViT-B-32-tiny': 1e-3}
 TOY_CLIP_QUALITY_WORDS = {('RN50-tiny', 'exact'): 0.0, ('ViT-B-32-tiny', 'exact'): 0.5,   # share of captions that also say how the image looks
                           ('RN50-tiny', 'web'): 0.5, ('ViT-B-32-tiny', 'web'): 0.5}
 
-def toy_clip_file(arch, captions='exact'):
-    "Where the shipped toy CLIP for `arch` pre-trained on `captions` ('exact' or 'web') lives."
+TOY_CLIP_WEBS = {'exact': {}, 'web': dict(captions='web'), 'photo': dict(captions='web', photo_share=1.0)}  # a shipped corpus -> its recipe beyond TOY_CLIP_RECIPE
+
+def toy_clip_file(arch, web='exact'):
+    "Where the shipped toy CLIP for `arch` pre-trained on the corpus `web` (a key of `TOY_CLIP_WEBS`) lives."
     if arch not in TOY_CLIP_ARCHS: raise ValueError(f"no toy CLIP for {arch!r}; toy CLIPs exist for {TOY_CLIP_ARCHS}")
-    if captions not in CAPTIONS: raise ValueError(f"captions must be one of {CAPTIONS}, not {captions!r}")
-    return TOY_CLIP_DIR/(f'{arch}.pt' if captions == 'exact' else f'{arch}-{captions}.pt')
+    if web not in TOY_CLIP_WEBS: raise ValueError(f"web must be one of {tuple(TOY_CLIP_WEBS)}, not {web!r}")
+    return TOY_CLIP_DIR/(f'{arch}.pt' if web == 'exact' else f'{arch}-{web}.pt')
+
+def toy_clip_web(recipe):
+    "The shipped corpus (`TOY_CLIP_WEBS` key) whose recipe `recipe` follows, or None."
+    own = {k: recipe[k] for k in ('captions', 'photo_share') if k in recipe and recipe[k] not in ('exact', None)}
+    return next((w for w, r in TOY_CLIP_WEBS.items() if r == own), None)
+
+def toyclip_command(arch, web):
+    "The command that builds the shipped toy CLIP `arch` on the corpus `web`."
+    flags = {'captions': '--captions', 'photo_share': '--photo-share'}
+    return ' '.join([f'python -m ipiqa.toyclip --arch {arch}'] + [f'{flags[k]} {v}' for k, v in TOY_CLIP_WEBS[web].items()])
 
 # %% ../nbs/01h_toyclip.ipynb #61ac0c02
 _clip_loss = ClipLoss()
@@ -131,26 +144,27 @@ def plot_similarity(images, texts, sim, path=None, n=8):
 
 # %% ../nbs/01h_toyclip.ipynb #45ce81f4
 def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
-    "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`; `captions='web'` for partial captions, `photo_share` for a web of mostly photos) and save it to `out` (default: the shipped file)."
+    "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`; `captions='web'` for partial captions, `photo_share` for a web of mostly photos) and save it to `out` (default: the shipped file of that corpus, `TOY_CLIP_WEBS`)."
     import open_clip
     captions, photos = recipe.get('captions', 'exact'), recipe.get('photo_share')   # in the recipe only when set, as in the shipped files
-    if photos is not None and out is None: raise ValueError("a toy CLIP with photo_share is not one of the shipped files: give `out`")
+    web = toy_clip_web(recipe)
+    if web is None and out is None: raise ValueError(f"a toy CLIP with captions={captions!r}, photo_share={photos} is not one of the shipped files ({TOY_CLIP_WEBS}): give `out`")
     r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch, captions], **recipe}
     corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=captions, photo_share=photos)
     clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words', 'captions', 'photo_share')}, device=device, corpus=corpus)
     _, tok = load_clip(arch, None)
     words = corpus[1] + [s.caption() for s in corpus[2]]   # every word of the world's prompts keeps a row, said in training or not
-    return save_toy_clip(clip, out or toy_clip_file(arch, captions), arch, used_token_ids(tok, words), recipe=r, history=history,
+    return save_toy_clip(clip, out or toy_clip_file(arch, web), arch, used_token_ids(tok, words), recipe=r, history=history,
                          versions=dict(torch=torch.__version__, open_clip=open_clip.__version__))
 
 @call_parse
 def toyclip(
     arch: str = 'RN50-tiny',  # which toy CLIP: RN50-tiny or ViT-B-32-tiny
-    out: str = None,  # output file (default: the shipped file that load_clip(arch, 'toy') reads, or 'toy-web' with --captions web)
+    out: str = None,  # output file (default: the shipped file of that corpus, which load_clip(arch, 'toy' | 'toy-web' | 'toy-photo') reads)
     steps: int = TOY_CLIP_RECIPE['steps'],  # training steps
     seed: int = TOY_CLIP_RECIPE['seed'],  # seed of the corpus, the init and the batches
     captions: str = 'exact',  # 'exact' (all of each scene, as the shipped CLIPs) or 'web' (part of it, like alt-text)
-    photo_share: float = None,  # share of photos in the corpus (default: every style alike); needs --out
+    photo_share: float = None,  # share of photos in the corpus (default: every style alike); 1.0 with --captions web is the shipped 'toy-photo', other shares need --out
     device: str = 'cpu'):  # 'cpu' or 'cuda'
     "Pre-train a toy CLIP on the toy world's captioned scenes (see nbs/01h_toyclip.ipynb); prints the file written."
     recipe = {**({} if captions == 'exact' else dict(captions=captions)), **({} if photo_share is None else dict(photo_share=photo_share))}

@@ -109,7 +109,7 @@ class IPIQAMethod(Method):
     "IP-IQA (Qu et al., ICME 2024): `IPIQA` on a CLIP ResNet, images squashed to `image_size`, MSE on the MOS."
     name = 'ipiqa'
     presets = dict(
-        toy=dict(arch='RN50-tiny', pretrained='toy-web', image_size=64, epochs=6, batch_size=32, lr=1e-4, n_splits=2, amp=True),
+        toy=dict(arch='RN50-tiny', pretrained='toy-photo', image_size=64, epochs=6, batch_size=32, lr=1e-4, n_splits=2, amp=True),
         agiqa1k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10, amp=True),
         agiqa3k=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10, amp=True),
         aigciqa2023=dict(arch='RN50', pretrained='openai', image_size=512, epochs=100, batch_size=40, lr=1e-5, n_splits=10, amp=True))

@@ -15,7 +15,7 @@ torch.set_num_threads(1)  # 2 shared cores: more OpenMP threads than free cores 
 
 import ipiqa.image2prompt as i2p
 from ipiqa.image2prompt import (cosine_loss, encode_prompts, filter_auc, filter_pairs, list_parts, load_pairs, make_toy_diffusiondb,
-                                pair_cosines, pair_dataset, plan_parts, pretrain, read_part, roc_auc, score_part, with_toy_truth)
+                                pair_cosines, pair_dataset, plan_parts, pretrain, pretrain_preset, read_part, roc_auc, score_part, with_toy_truth)
 from ipiqa.model import ImageTower, build_ipiqa, load_clip, load_image_tower
 from ipiqa.training import Trainer, seed_everything
 
@@ -139,17 +139,19 @@ def test_roc_auc_matches_pair_counting():
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_toy_clip_filter_separates_matched_from_mismatched(seed, tmp_path):
-    """The toy preset's CLIP (`toy-web`) scores matched pairs above mismatched ones: ROC AUC >= 0.95 on a 100-pair toy
-    DiffusionDB (64 px, a quarter mismatched). Measured: AUC 1.000 on seeds 0-6 and 9, 0.9993 and 0.9995 on seeds 7 and 8 at
-    this size, 0.9989 on the default 2,000-pair set (seed 0); 0.95 leaves a 0.05 margin below those and is above the issue's
-    target of 0.9."""
+    """The toy preset's CLIP (`toy-photo`) scores matched pairs above mismatched ones: ROC AUC >= 0.9 on a 100-pair toy
+    DiffusionDB (64 px, a quarter mismatched). Measured on seeds 0-9: AUC 0.949, 0.970, 0.975, 0.977, 0.958, 0.961,
+    0.976, 0.923, 0.951, 0.978; matched minus mismatched mean similarity 0.46-0.62. (`toy-web`, which saw every style
+    the toy generators draw, separates them almost perfectly: 0.9993-1.000.) 0.9 is the target the filter must meet,
+    0.023 below the lowest of the ten seeds; the tested seeds 0-2 are 0.049-0.075 above it."""
     toy = make_toy_diffusiondb(tmp_path/'ddb', n_parts=1, per_part=100, size=64, seed=seed)
-    pairs = filter_pairs(toy, tmp_path/'pairs', 'RN50-tiny', 'toy-web', threshold='q0.25', verbose=False, device='cpu')
+    assert pretrain_preset('toy')['pretrained'] == 'toy-photo'
+    pairs = filter_pairs(toy, tmp_path/'pairs', 'RN50-tiny', 'toy-photo', threshold='q0.25', verbose=False, device='cpu')
     m = with_toy_truth(pairs.manifest, toy/'metadata.parquet')
     assert len(m) == 100 and 0 < (~m.matched).sum() < 100
     auc = filter_auc(pairs.manifest, toy/'metadata.parquet')
-    assert auc >= 0.95, (seed, auc)
-    assert m.similarity[m.matched].mean() > m.similarity[~m.matched].mean() + 0.4  # measured: 0.63-0.76 over seeds 0-9
+    assert auc >= 0.9, (seed, auc)
+    assert m.similarity[m.matched].mean() > m.similarity[~m.matched].mean() + 0.35  # measured: 0.46-0.62 over seeds 0-9
 
 
 # ---------------------------------------------------------------- pre-training

@@ -92,15 +92,17 @@ def test_openai_weights_get_quick_gelu_random_init_keeps_gelu(tmp_path):
 
 # ---------------------------------------------------------------- the toy CLIPs and the fusions
 
-@pytest.mark.parametrize('arch,tag', [(a, 'toy') for a in TOY_CLIP_ARCHS] + [('RN50-tiny', 'toy-web')])
-def test_toy_clips_know_the_toy_words(arch, tag):
+@pytest.mark.parametrize('arch,tag,least', [(a, 'toy', 0.8) for a in TOY_CLIP_ARCHS] + [('RN50-tiny', 'toy-web', 0.8), ('RN50-tiny', 'toy-photo', 0.5)])
+def test_toy_clips_know_the_toy_words(arch, tag, least):
     """Zero-shot retrieval on 256 scenes the corpus never held. Measured top-1 image→text among 512 (among 64):
     RN50-tiny 0.88 (0.95), ViT-B-32-tiny 0.80 (0.95), RN50-tiny toy-web 0.73 among 512 (0.92 among 64; its web-like
-    captions name part of each scene, these name all of it); chance 1/64. Asserted: > 0.8 among 64, i.e. 50× chance."""
+    captions name part of each scene, these name all of it); RN50-tiny toy-photo, which saw only photos of these
+    scenes' four styles, 0.625 image→text and 0.672 text→image among 64. Chance is 1/64. Asserted among 64: > 0.8
+    (50× chance) for the first three, > 0.5 (32× chance; margin 0.125) for toy-photo."""
     clip, tok = load_clip(arch, tag)
     images, captions, _ = captioned_corpus(256, 64, seed=4242)
     acc = retrieval_accuracy(clip_similarity(clip, tok, images, captions), ks=(64,)).iloc[0]
-    assert acc.image_to_text > 0.8 and acc.text_to_image > 0.8, acc
+    assert acc.image_to_text > least and acc.text_to_image > least, acc
 
 
 @pytest.fixture(scope='module')
@@ -110,12 +112,17 @@ def toy3k():
 
 def test_clipscore_on_the_toy_clip_is_a_real_baseline(toy3k):
     """CLIPScore's alignment SRCC on the default toy set (3,000 images, 300 prompts) with the toy preset's CLIP
-    (`toy-web`): 0.836 on split 0's test side of seed 0, 0.813 on the whole set (measured; the exact-caption `toy`
-    CLIP: 0.838, 0.83-0.85). A random-init CLIP gives ~0. Asserted: > 0.75."""
+    (`toy-photo`): 0.738 on split 0's test side of seed 0, 0.717 on the whole set (measured; `toy-web`, which saw
+    every style on its web: 0.836, 0.813; the exact-caption `toy` CLIP: 0.838, 0.83-0.85). A random-init CLIP gives
+    ~0. Asserted: > 0.65 on the whole set, and below `toy-web`'s by more than 0.05 (measured 0.096): the gap the
+    preset's CLIP is chosen for (nbs/01h_toyclip.ipynb)."""
     cfg = TrainConfig().resolved()
-    m = build_ipiqa(cfg.arch, cfg.pretrained, 2, 64, qa_token=False).eval()
-    data = IQAData(toy3k, 64, m.tokenize, 2)
-    assert similarity_srcc(m, data, np.arange(len(toy3k))) > 0.75
+    assert cfg.pretrained == 'toy-photo'
+    srcc = {}
+    for tag in (cfg.pretrained, 'toy-web'):
+        m = build_ipiqa(cfg.arch, tag, 2, 64, qa_token=False).eval()
+        srcc[tag] = similarity_srcc(m, IQAData(toy3k, 64, m.tokenize, 2), np.arange(len(toy3k)))
+    assert srcc['toy-photo'] > 0.65 and srcc['toy-photo'] < srcc['toy-web'] - 0.05, srcc
 
 
 def test_clip_residual_starts_at_the_fitted_clipscore_line(toy):
@@ -273,24 +280,23 @@ def test_selection_is_labelled(toy, tmp_path):
 # ---------------------------------------------------------------- learning
 
 def test_prompt_model_learns_alignment_beyond_image_only(tmp_path):
-    """On a toy set of 100 prompts (1,000 images; 1 split, the toy preset's 6 epochs on the `toy-web` CLIP) alignment
+    """On a toy set of 100 prompts (1,000 images; 1 split, the toy preset's 6 epochs on its `toy-photo` CLIP) alignment
     depends on what the image shows of its prompt, and partly on who made it (as in AGIQA-3k). Measured alignment SRCC
-    (quality in brackets), seeds 0-4:
+    (quality in brackets), training seeds 0-4 (2026-11-28):
 
     | model | seed 0 | seed 1 | seed 2 | seed 3 | seed 4 |
     |---|---|---|---|---|---|
-    | image-only (Table 3 row 1) | 0.494 (0.494) | 0.684 (0.730) | 0.587 (0.586) | 0.534 (0.655) | 0.569 (0.585) |
-    | IP-IQA, fusion='paper' | 0.532 | 0.676 | 0.575 | 0.576 | 0.580 |
-    | IP-IQA, fusion='clip-residual' | 0.783 (0.698) | 0.794 (0.724) | 0.817 (0.763) | 0.816 (0.734) | 0.791 (0.712) |
-    | zero-shot CLIPScore (toy-web CLIP) | 0.764 | 0.779 | 0.821 | 0.808 | 0.772 |
+    | image-only (Table 3 row 1) | 0.503 (0.512) | 0.595 (0.640) | 0.520 (0.579) | 0.548 (0.600) | 0.590 (0.572) |
+    | IP-IQA, fusion='paper' | 0.509 | 0.684 | 0.619 | 0.508 | 0.602 |
+    | IP-IQA, fusion='clip-residual' | 0.752 (0.676) | 0.771 (0.636) | 0.780 (0.672) | 0.816 (0.695) | 0.770 (0.647) |
+    | zero-shot CLIPScore (toy-photo CLIP) | 0.708 | 0.703 | 0.679 | 0.730 | 0.706 |
 
-    Asserted, with the smallest measured margin in brackets: clip-residual > image-only + 0.08 (0.110), > paper
-    fusion + 0.08 (0.118), > CLIPScore − 0.04 (−0.004); quality SRCC > 0.4 for image-only (0.494), > 0.6 for
-    clip-residual (0.698). On 200 test images of 20 prompts the seeds spread widely: seed 1's image-only model reads
-    the generator from the image well enough to reach 0.68. The paper's fusion is not asserted above image-only: with
-    800 training images its margin is −0.01 to +0.04. (On the exact-caption CLIP, `'toy'`, image-only reached only
-    0.39-0.51 here: the web CLIP's image tower also learned "bad photo, blurry", and what an image's quality says
-    about its generator says much about its alignment.)"""
+    Asserted, with the smallest measured margin in brackets: clip-residual > image-only + 0.12 (0.176), > paper
+    fusion + 0.05 (0.087), > CLIPScore (+0.044); quality SRCC > 0.4 for image-only (0.512), > 0.55 for clip-residual
+    (0.636). The test runs seed 0. On 200 test images of 20 prompts the seeds spread widely. The paper's fusion is not
+    asserted above image-only: with 800 training images its margin is −0.04 to +0.10. (On the presets' earlier CLIP,
+    `toy-web`, which saw every style the toy generators draw, clip-residual ended 0.004 below to 0.019 above CLIPScore
+    over the same five seeds: a CLIP without a domain gap leaves a trained model little room above it.)"""
     ds = read_agiqa3k(make_toy_agiqa(tmp_path/'toy', n_prompts=100))
     srcc = {}
     for name, kw in [('image_only', dict(use_prompt=False)), ('paper', {}), ('clip_residual', dict(fusion='clip-residual'))]:
@@ -298,11 +304,11 @@ def test_prompt_model_learns_alignment_beyond_image_only(tmp_path):
         srcc[name] = r.metrics.set_index('target').srcc
     te = split_indices(r.splits, ds.table, 0, 'test')
     cfg = TrainConfig().resolved()
-    assert cfg.pretrained == 'toy-web'
+    assert cfg.pretrained == 'toy-photo'
     m = build_ipiqa(cfg.arch, cfg.pretrained, 2, 64, qa_token=False).eval()
     data = IQAData(ds, 64, m.tokenize, 1)
     clipscore = similarity_srcc(m, data, te)
     a = {k: v['mos_align'] for k, v in srcc.items()}
-    assert a['clip_residual'] > a['image_only'] + 0.08 and a['clip_residual'] > a['paper'] + 0.08, (srcc, clipscore)
-    assert a['clip_residual'] > clipscore - 0.04, (srcc, clipscore)
-    assert srcc['image_only']['mos_quality'] > 0.4 and srcc['clip_residual']['mos_quality'] > 0.6, srcc
+    assert a['clip_residual'] > a['image_only'] + 0.12 and a['clip_residual'] > a['paper'] + 0.05, (srcc, clipscore)
+    assert a['clip_residual'] > clipscore, (srcc, clipscore)
+    assert srcc['image_only']['mos_quality'] > 0.4 and srcc['clip_residual']['mos_quality'] > 0.55, srcc
