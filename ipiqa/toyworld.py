@@ -16,8 +16,8 @@ __all__ = ['COLORS', 'SHAPES', 'COUNTS', 'SIZES', 'POSITIONS', 'BACKGROUNDS', 'S
            'QUALITY_WORDS', 'CAPTIONS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION',
            'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade',
            'quality_clause', 'web_caption', 'style_shares', 'captioned_corpus', 'ToyGenerator', 'render_attempt',
-           'generator_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'make_toy_agiqa',
-           'plot_toy_prompt']
+           'generator_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'alignment_oracles',
+           'make_toy_agiqa', 'plot_toy_prompt']
 
 # %% ../nbs/00a_toyworld.ipynb #7ce57964
 COLORS = dict(red=(215, 35, 35), green=(40, 170, 50), blue=(40, 70, 225), yellow=(240, 215, 40),
@@ -258,10 +258,12 @@ def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10
         for g in generators:
             for k in range(g.per_prompt):
                 shown, frac, strength = generator_attempt(g, sc, rng, effort, weights)
+                noise_free = 0.5 + 4.2 * ((1 - halo) * frac + halo * (1 - strength))   # what the raters would say without rater noise
                 rows.append(dict(name=f"{g.name}_{p:03d}_{k}.png", prompt=sc.caption(), scene=sc, shown=shown, generator=g.name,
                                  degradation=str(rng.choice(DEGRADATIONS)), strength=round(strength, 4),
                                  mos_quality=round(float(np.clip(5 - 4.2 * strength + rng.normal(0, 0.2), 0, 5)), 4),
-                                 mos_align=round(float(np.clip(0.5 + 4.2 * ((1 - halo) * frac + halo * (1 - strength)) + rng.normal(0, 0.15), 0, 5)), 4)))
+                                 mos_align=round(float(np.clip(noise_free + rng.normal(0, 0.15), 0, 5)), 4),
+                                 align_noise_free=round(float(noise_free), 4)))
     return rows
 
 # %% ../nbs/00a_toyworld.ipynb #b8bd0fa7
@@ -279,6 +281,17 @@ def agiqa_statistics(table, generator=None):
             'prompt η² align': eta_squared(table['mos_align'], table['prompt'])}
 
 REAL_AGIQA3K_STATISTICS = {'spearman(quality, align)': 0.74, 'generator η² quality': 0.57, 'generator η² align': 0.62, 'prompt η² align': 0.12}
+
+# %% ../nbs/00a_toyworld.ipynb #b2c1d8e3
+def alignment_oracles(plan):
+    "Alignment SRCC of three oracles on `plan` (`toy_agiqa_plan` rows): the generator's mean; a least-squares fit on generator and degradation strength (both visible in the image); the raters' noise-free score."
+    from ipiqa.metrics import iqa_metrics
+    t = pd.DataFrame(plan)
+    X = pd.get_dummies(t['generator']).astype(float).assign(strength=t['strength']).to_numpy()
+    y = t['mos_align'].to_numpy(float)
+    srcc = lambda pred: iqa_metrics(pred, y)['srcc']
+    return {'generator': srcc(t.groupby('generator')['mos_align'].transform('mean')),
+            'generator + damage': srcc(X @ np.linalg.lstsq(X, y, rcond=None)[0]), 'noise-free raters': srcc(t['align_noise_free'])}
 
 # %% ../nbs/00a_toyworld.ipynb #668b4fc9
 def make_toy_agiqa(out_dir, n_prompts=300, size=64, seed=0, generators=TOY_GENERATORS):
