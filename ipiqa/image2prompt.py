@@ -525,7 +525,7 @@ def image2prompt(
     source: str = 'toy',  # 'toy', a folder of DiffusionDB part archives, or a manifest (.csv/.parquet with image_path, prompt)
     out_dir: str = 'outputs/image2prompt',  # run folder: pairs/ (filter) and pretrain/ (training) go under it
     arch: str = None,  # CLIP architecture (preset: RN50-tiny for toy, RN50 otherwise)
-    pretrained: str = None,  # open_clip tag, weight file, 'toy' or 'random' (preset: toy for toy, openai otherwise)
+    pretrained: str = None,  # open_clip tag, weight file, 'toy-photo' / 'toy-web' / 'toy' (the project's toy CLIPs) or 'random' (preset: toy-photo for toy, openai otherwise)
     threshold: str = None,  # cosine cut-off, or 'q0.25' for a quantile (preset: 0.35; toy q0.25)
     max_pairs: int = None,  # score at most this many pairs (first in part order)
     image_size: int = None,  # pre-training image size, a multiple of 32 (preset: 512; toy 64)

@@ -129,6 +129,9 @@ class ZeroShot(nn.Module):
             with torch.no_grad():
                 if self.resnet: self.visual.attnpool.positional_embedding.zero_()      # CLIP-IQA's trick
                 self.register_buffer('antonyms', self.text.encode(truncate_tokens(self.text.tokenize(CLIPIQA_PROMPTS))).float())
+            if torch.allclose(*self.antonyms, atol=1e-6):  # e.g. the exact-caption toy CLIP: the words' token rows were never trained
+                raise ValueError(f"this CLIP encodes {CLIPIQA_PROMPTS[0]!r} and {CLIPIQA_PROMPTS[1]!r} alike (its text tower never learned those words), "
+                                 "so CLIP-IQA would give every image 0.5: use a CLIP that knows them ('openai'; offline 'toy-photo' or 'toy-web')")
 
     def tokenize(self, prompts):
         return self.text.tokenize(prompts) if self.kind == 'clipscore' else torch.zeros(len(prompts), 1, dtype=torch.long)
@@ -452,7 +455,7 @@ examples:
   ipiqa score --model outputs/03_train/agiqa3k images/ --prompts prompts.csv -o scores.csv
   ipiqa score --model outputs/03_train/agiqa3k/split0/model.pt a.png b.png --prompt "a red fox in the snow"
   ipiqa score --model clipscore --pretrained openai images.csv --sort CLIPScore --report report.html
-  ipiqa score --model clipiqa --pretrained toy images/            # offline: the project's toy CLIP"""
+  ipiqa score --model clipiqa --pretrained toy-photo images/      # offline: the project's toy CLIP"""
 
 # %% ../nbs/08_scoring.ipynb #6ae1ce82
 def cli_parser():

@@ -1,4 +1,4 @@
-"Scoring your own images (issue 9): `Scorer` against the runs' own predictions, `ipiqa score` and each bad input, the final model."
+"Scoring your own images: `Scorer` against the runs' own predictions, `ipiqa score` and each bad input, the final model."
 import dataclasses, html.parser, io, json, os, shutil, socket, subprocess, sys
 from pathlib import Path
 
@@ -141,8 +141,10 @@ def test_a_checkpoint_loads_and_scores_offline(run, toy, tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     s = Scorer.load(tmp_path/'model.pt', device='cpu', num_workers=1)
     pd.testing.assert_frame_equal(s(_paths(toy)[:5], toy.table['prompt'][:5]), want)
-    clipiqa = Scorer.load('clipiqa', pretrained='toy', device='cpu', num_workers=1)    # the toy CLIP ships with the package
+    clipiqa = Scorer.load('clipiqa', pretrained='toy-photo', device='cpu', num_workers=1)    # the toy CLIP ships with the package
     assert clipiqa.targets == ['CLIP-IQA'] and not clipiqa.reads_prompt and len(clipiqa(_paths(toy)[:3])) == 3
+    with pytest.raises(ModelError, match="encodes 'Good photo.' and 'Bad photo.' alike"):   # scores would all be 0.5
+        Scorer.load('clipiqa', pretrained='toy', device='cpu', num_workers=1)
 
 
 def test_from_ipiqa_import_scorer():
