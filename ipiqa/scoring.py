@@ -131,7 +131,7 @@ class ZeroShot(nn.Module):
                 self.register_buffer('antonyms', self.text.encode(truncate_tokens(self.text.tokenize(CLIPIQA_PROMPTS))).float())
             if torch.allclose(*self.antonyms, atol=1e-6):  # e.g. the exact-caption toy CLIP: the words' token rows were never trained
                 raise ValueError(f"this CLIP encodes {CLIPIQA_PROMPTS[0]!r} and {CLIPIQA_PROMPTS[1]!r} alike (its text tower never learned those words), "
-                                 "so CLIP-IQA would give every image 0.5: use a CLIP that knows them ('openai'; offline 'toy-photo' or 'toy-web')")
+                                 "so CLIP-IQA would give every image 0.5: use a CLIP that knows them ('openai'; offline the RN50-tiny 'toy-photo' or 'toy-web', or the ViT-B-32-tiny 'toy')")
 
     def tokenize(self, prompts):
         return self.text.tokenize(prompts) if self.kind == 'clipscore' else torch.zeros(len(prompts), 1, dtype=torch.long)
@@ -214,7 +214,7 @@ def load(cls: Scorer, path, device='auto', batch_size=32, pretrained=None, arch=
     device = resolve_device(device)
     if str(path).lower() in BASELINES and not Path(path).exists():
         try: members, kind = [load_zero_shot(str(path).lower(), pretrained or 'openai', arch, device)], 'zero-shot'
-        except Exception as e: raise ModelError(f"{path} (pretrained={pretrained or 'openai'!r}, arch={arch!r}): cannot load its CLIP ({type(e).__name__}: {e})") from e
+        except Exception as e: raise ModelError(f"{path} (pretrained={pretrained or 'openai'!r}, arch={arch!r}): cannot use that CLIP ({type(e).__name__}: {e})") from e
     else:
         kind, files = model_files(path, ensemble)
         members = [load_member(f, device) for f in files]

@@ -284,7 +284,7 @@ REAL_AGIQA3K_STATISTICS = {'spearman(quality, align)': 0.74, 'generator η² qua
 
 # %% ../nbs/00a_toyworld.ipynb #b2c1d8e3
 def alignment_oracles(plan):
-    "Alignment SRCC of three oracles on `plan` (`toy_agiqa_plan` rows): the generator's mean; a least-squares fit on generator and degradation strength (both visible in the image); the raters' noise-free score."
+    "Alignment SRCC of three oracles on `plan` (`toy_agiqa_plan` rows): the generator's mean; a least-squares fit on the true generator and degradation strength (facts about the image, not its prompt); the raters' noise-free score."
     from ipiqa.metrics import iqa_metrics
     t = pd.DataFrame(plan)
     X = pd.get_dummies(t['generator']).astype(float).assign(strength=t['strength']).to_numpy()
