@@ -333,6 +333,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'ipiqa.toyclip': { 'ipiqa.toyclip.build_toy_clip': ('toyclip.html#build_toy_clip', 'ipiqa/toyclip.py'),
                                'ipiqa.toyclip.clip_similarity': ('toyclip.html#clip_similarity', 'ipiqa/toyclip.py'),
                                'ipiqa.toyclip.contrastive_loss': ('toyclip.html#contrastive_loss', 'ipiqa/toyclip.py'),
+                               'ipiqa.toyclip.frozen_probe': ('toyclip.html#frozen_probe', 'ipiqa/toyclip.py'),
                                'ipiqa.toyclip.param_groups': ('toyclip.html#param_groups', 'ipiqa/toyclip.py'),
                                'ipiqa.toyclip.plot_similarity': ('toyclip.html#plot_similarity', 'ipiqa/toyclip.py'),
                                'ipiqa.toyclip.retrieval_accuracy': ('toyclip.html#retrieval_accuracy', 'ipiqa/toyclip.py'),

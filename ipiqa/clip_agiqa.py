@@ -137,7 +137,7 @@ _REAL = dict(arch='ViT-B-32', pretrained='openai', image_size=224, test_stride=6
 class CLIPAGIQAMethod(Method):
     "CLIP-AGIQA: `CLIPAGIQA` on a frozen CLIP ViT, native-size crops, `MSE(quality) + aux_weight·MSE(alignment)` on [0, 1]."
     name = 'clip-agiqa'
-    presets = dict(toy=dict(arch='ViT-B-32-tiny', pretrained='toy', image_size=64, resize=96, test_stride=16, epochs=6,
+    presets = dict(toy=dict(arch='ViT-B-32-tiny', pretrained='toy-photo', image_size=64, resize=96, test_stride=16, epochs=6,
                             batch_size=32, lr=1e-3, n_splits=2, amp=False),
                    agiqa1k=_REAL, agiqa3k=_REAL, aigciqa2023=_REAL)
     def build(self, cfg, n_outputs, score_range=(0.0, 5.0)):

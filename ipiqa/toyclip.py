@@ -22,10 +22,10 @@ from .toyworld import captioned_corpus
 from .training import Trainer, seed_everything
 
 # %% auto #0
-__all__ = ['TOY_CLIP_ARCHS', 'TOY_CLIP_DIR', 'TOY_CLIP_RECIPE', 'TOY_CLIP_LR', 'TOY_CLIP_QUALITY_WORDS', 'TOY_CLIP_WEBS',
-           'toy_clip_file', 'toy_clip_web', 'toyclip_command', 'contrastive_loss', 'param_groups', 'train_toy_clip',
-           'used_token_ids', 'save_toy_clip', 'toy_clip_state', 'clip_similarity', 'retrieval_accuracy',
-           'plot_similarity', 'build_toy_clip', 'toyclip']
+__all__ = ['TOY_CLIP_ARCHS', 'TOY_CLIP_DIR', 'TOY_CLIP_RECIPE', 'TOY_CLIP_LR', 'TOY_CLIP_QUALITY_WORDS', 'TOY_CLIP_COPIES',
+           'TOY_CLIP_WEBS', 'toy_clip_file', 'toy_clip_web', 'toyclip_command', 'contrastive_loss', 'param_groups',
+           'train_toy_clip', 'used_token_ids', 'save_toy_clip', 'toy_clip_state', 'clip_similarity',
+           'retrieval_accuracy', 'plot_similarity', 'frozen_probe', 'build_toy_clip', 'toyclip']
 
 # %% ../nbs/01h_toyclip.ipynb #1bc81791
 TOY_CLIP_ARCHS = ('RN50-tiny', 'ViT-B-32-tiny')
@@ -33,7 +33,8 @@ TOY_CLIP_DIR = Path(importlib.util.find_spec('ipiqa').origin).parent/'toy_clips'
 TOY_CLIP_RECIPE = dict(n_images=16000, size=64, steps=1000, batch_size=256, weight_decay=0.1, warmup=0.1, seed=0)
 TOY_CLIP_LR = {'RN50-tiny': 2e-3, 'ViT-B-32-tiny': 1e-3}
 TOY_CLIP_QUALITY_WORDS = {('RN50-tiny', 'exact'): 0.0, ('ViT-B-32-tiny', 'exact'): 0.5,   # share of captions that also say how the image looks
-                          ('RN50-tiny', 'web'): 0.5, ('ViT-B-32-tiny', 'web'): 0.5}
+                          ('RN50-tiny', 'web'): 0.5, ('ViT-B-32-tiny', 'web'): 1.0}
+TOY_CLIP_COPIES = {('ViT-B-32-tiny', 'web'): 2}   # uploads of each drawing, side by side in a batch (absent: 1); see 'Why the toy ViT sees re-uploads'
 
 TOY_CLIP_WEBS = {'exact': {}, 'web': dict(captions='web'), 'photo': dict(captions='web', photo_share=1.0)}  # a shipped corpus -> its recipe beyond TOY_CLIP_RECIPE
 
@@ -71,8 +72,8 @@ def param_groups(model, weight_decay):
 
 # %% ../nbs/01h_toyclip.ipynb #f7af4fe1
 def train_toy_clip(arch='RN50-tiny', n_images=16000, size=64, steps=1000, batch_size=256, lr=None, weight_decay=0.1,
-                   warmup=0.1, seed=0, device='cpu', corpus=None):
-    "Pre-train a random-init CLIP `arch` on the toy captioned corpus: the model (eval mode) and the loss per step."
+                   warmup=0.1, seed=0, device='cpu', corpus=None, copies=1):
+    "Pre-train a random-init CLIP `arch` on the toy captioned corpus: the model (eval mode) and the loss per step; `copies`: the corpus holds each drawing that many times side by side, and a batch takes `batch_size // copies` drawings with all their copies."
     seed_everything(seed)
     clip, tokenizer = load_clip(arch, None, device)
     images, captions, _ = corpus or captioned_corpus(n_images, size, seed)
@@ -81,7 +82,8 @@ def train_toy_clip(arch='RN50-tiny', n_images=16000, size=64, steps=1000, batch_
                       param_groups=param_groups(clip, weight_decay), total_steps=steps, warmup=warmup)
     g, history = torch.Generator().manual_seed(seed), []
     for _ in tqdm(range(steps), desc=f'pre-training toy {arch}'):
-        idx = torch.randint(0, len(images), (batch_size,), generator=g)
+        drawings = torch.randint(0, len(images) // copies, (batch_size // copies,), generator=g)
+        idx = (drawings[:, None] * copies + torch.arange(copies)).reshape(-1)
         history.append(trainer.step(dict(images=images[idx], tokens=truncate_tokens(tokens[idx]))))
     return clip.cpu().eval(), history
 
@@ -142,6 +144,23 @@ def plot_similarity(images, texts, sim, path=None, n=8):
     if path: atomic_write(path, lambda t: fig.savefig(t, dpi=100, bbox_inches='tight', format='png'))
     return fig
 
+# %% ../nbs/01h_toyclip.ipynb #f2a3b4c5
+def frozen_probe(features, target, groups, train, test, alphas=tuple(10.0 ** np.arange(-3, 5)), folds=5, seed=0):
+    "Test-side SRCC of a ridge regression of `target` on frozen `features` (N, D) fitted on the rows `train`, its penalty (one of `alphas`) chosen by `folds`-fold cross-validation over the training rows' `groups`."
+    from scipy.stats import spearmanr
+    X, y, groups = np.asarray(features, float), np.asarray(target, float), np.asarray(groups)
+    def fit(rows, alpha):
+        mx, my = X[rows].mean(0), y[rows].mean()
+        w = np.linalg.solve((X[rows] - mx).T @ (X[rows] - mx) + alpha * np.eye(X.shape[1]), (X[rows] - mx).T @ (y[rows] - my))
+        return lambda r: (X[r] - mx) @ w + my
+    train, test = np.asarray(train), np.asarray(test)
+    names = np.unique(groups[train])
+    fold = dict(zip(names, np.random.default_rng(seed).integers(0, folds, len(names))))
+    f = np.array([fold[g] for g in groups[train]])
+    cv = lambda a: np.mean([spearmanr(fit(train[f != k], a)(train[f == k]), y[train[f == k]])[0] for k in range(folds)])
+    return spearmanr(fit(train, max(alphas, key=cv))(test), y[test])[0]
+
+
 # %% ../nbs/01h_toyclip.ipynb #45ce81f4
 def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
     "Train the toy CLIP `arch` with `TOY_CLIP_RECIPE` (overridden by `recipe`; `captions='web'` for partial captions, `photo_share` for a web of mostly photos) and save it to `out` (default: the shipped file of that corpus, `TOY_CLIP_WEBS`)."
@@ -149,8 +168,9 @@ def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
     captions, photos = recipe.get('captions', 'exact'), recipe.get('photo_share')   # in the recipe only when set, as in the shipped files
     web = toy_clip_web(recipe)
     if web is None and out is None: raise ValueError(f"a toy CLIP with captions={captions!r}, photo_share={photos} is not one of the shipped files ({TOY_CLIP_WEBS}): give `out`")
-    r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch, captions], **recipe}
-    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=captions, photo_share=photos)
+    copies = TOY_CLIP_COPIES.get((arch, captions), 1)
+    r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch, captions], **({'copies': copies} if copies > 1 else {}), **recipe}
+    corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=captions, photo_share=photos, copies=r.get('copies', 1))
     clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words', 'captions', 'photo_share')}, device=device, corpus=corpus)
     _, tok = load_clip(arch, None)
     words = corpus[1] + [s.caption() for s in corpus[2]]   # every word of the world's prompts keeps a row, said in training or not

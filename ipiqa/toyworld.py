@@ -184,23 +184,26 @@ def style_shares(photo_share):
     if not 0 <= photo_share <= 1: raise ValueError(f"photo_share must be in [0, 1], not {photo_share}")
     return [photo_share] + [(1 - photo_share) / (len(STYLES) - 1)] * (len(STYLES) - 1)
 
-def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, quality_words=0.0, captions='exact', photo_share=None):
-    "`n` random scenes drawn at `size`: a uint8 tensor (n, 3, size, size), their captions ('exact': all the scene; 'web': part of it, `web_caption`) and the scenes; a `quality_words` share of captions also says how good the image looks; `photo_share`: that share of photos (None: every style alike)."
+def captioned_corpus(n, size=64, seed=0, p_degrade=0.5, max_strength=0.6, quality_words=0.0, captions='exact', photo_share=None, copies=1):
+    "`n` images of random scenes drawn at `size`: a uint8 tensor (n, 3, size, size), their captions ('exact': all the scene; 'web': part of it, `web_caption`) and the scenes; a `quality_words` share of captions also says how good the image looks; `photo_share`: that share of photos (None: every style alike); `copies`: each drawing uploaded that many times side by side, each copy degraded and captioned on its own."
     if captions not in CAPTIONS: raise ValueError(f"captions must be one of {CAPTIONS}, not {captions!r}")
+    if copies < 1 or n % copies: raise ValueError(f"n must be a multiple of copies (each drawing comes `copies` times), not n={n}, copies={copies}")
     import torch
     from tqdm.auto import tqdm
     rng, said, web = (np.random.default_rng(s) for s in (seed, [seed, 1], [seed, 2]))   # streams 2 and 3 leave the scenes as they were
     images, texts, scenes = torch.empty(n, 3, size, size, dtype=torch.uint8), [], []
-    for i in tqdm(range(n), desc='drawing captioned scenes', leave=False):
-        sc, kind, strength = random_scene(rng), None, 0.0
+    for i in tqdm(range(n // copies), desc='drawing captioned scenes', leave=False):
+        sc = random_scene(rng)
         if photo_share is not None: sc = replace(sc, style=str(rng.choice(STYLES, p=style_shares(photo_share))))  # a web of mostly photos
-        img = draw_scene(sc, size, rng)[0]
-        if rng.random() < p_degrade:
-            kind, strength = str(rng.choice(DEGRADATIONS)), rng.uniform(0, max_strength)
-            img = degrade(img, kind, strength, rng)
-        images[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-        clause = quality_clause(kind, strength) if said.random() < quality_words else ''
-        texts.append((sc.caption() if captions == 'exact' else web_caption(sc, web)) + (f', {clause}' if clause else '')); scenes.append(sc)
+        drawn = draw_scene(sc, size, rng)[0]
+        for j in range(copies):
+            img, kind, strength = drawn, None, 0.0
+            if rng.random() < p_degrade:
+                kind, strength = str(rng.choice(DEGRADATIONS)), rng.uniform(0, max_strength)
+                img = degrade(drawn, kind, strength, rng)
+            images[i * copies + j] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+            clause = quality_clause(kind, strength) if said.random() < quality_words else ''
+            texts.append((sc.caption() if captions == 'exact' else web_caption(sc, web)) + (f', {clause}' if clause else '')); scenes.append(sc)
     return images, texts, scenes
 
 # %% ../nbs/00a_toyworld.ipynb #1e7fd6b6
