@@ -131,7 +131,7 @@ class ZeroShot(nn.Module):
                 self.register_buffer('antonyms', self.text.encode(truncate_tokens(self.text.tokenize(CLIPIQA_PROMPTS))).float())
             if torch.allclose(*self.antonyms, atol=1e-6):  # e.g. the exact-caption toy CLIP: the words' token rows were never trained
                 raise ValueError(f"this CLIP encodes {CLIPIQA_PROMPTS[0]!r} and {CLIPIQA_PROMPTS[1]!r} alike (its text tower never learned those words), "
-                                 "so CLIP-IQA would give every image 0.5: use a CLIP that knows them ('openai'; offline the RN50-tiny 'toy-photo' or 'toy-web', or the ViT-B-32-tiny 'toy')")
+                                 "so CLIP-IQA would give every image 0.5: use a CLIP that knows them ('openai'; offline the RN50-tiny 'toy-photo' or 'toy-web', or the ViT-B-32-tiny 'toy-photo' or 'toy')")
 
     def tokenize(self, prompts):
         return self.text.tokenize(prompts) if self.kind == 'clipscore' else torch.zeros(len(prompts), 1, dtype=torch.long)

@@ -76,7 +76,8 @@ def train_toy_clip(arch='RN50-tiny', n_images=16000, size=64, steps=1000, batch_
     "Pre-train a random-init CLIP `arch` on the toy captioned corpus: the model (eval mode) and the loss per step; `copies`: the corpus holds each drawing that many times side by side, and a batch takes `batch_size // copies` drawings with all their copies."
     seed_everything(seed)
     clip, tokenizer = load_clip(arch, None, device)
-    images, captions, _ = corpus or captioned_corpus(n_images, size, seed)
+    images, captions, _ = corpus or captioned_corpus(n_images, size, seed, copies=copies)
+    if len(images) % copies or batch_size % copies: raise ValueError(f"the corpus size ({len(images)}) and batch_size ({batch_size}) must be multiples of copies ({copies})")
     tokens = tokenizer(captions)
     trainer = Trainer(clip, contrastive_loss, lr or TOY_CLIP_LR[arch], device, amp=False, optimizer='adamw',
                       param_groups=param_groups(clip, weight_decay), total_steps=steps, warmup=warmup)
@@ -155,7 +156,8 @@ def frozen_probe(features, target, groups, train, test, alphas=tuple(10.0 ** np.
         return lambda r: (X[r] - mx) @ w + my
     train, test = np.asarray(train), np.asarray(test)
     names = np.unique(groups[train])
-    fold = dict(zip(names, np.random.default_rng(seed).integers(0, folds, len(names))))
+    if len(names) < 2 * folds: raise ValueError(f"{folds}-fold cross-validation over groups needs at least {2 * folds} training groups, not {len(names)}")
+    fold = dict(zip(np.random.default_rng(seed).permutation(names), np.arange(len(names)) % folds))   # folds as even as the groups allow
     f = np.array([fold[g] for g in groups[train]])
     cv = lambda a: np.mean([spearmanr(fit(train[f != k], a)(train[f == k]), y[train[f == k]])[0] for k in range(folds)])
     return spearmanr(fit(train, max(alphas, key=cv))(test), y[test])[0]
@@ -168,6 +170,7 @@ def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
     captions, photos = recipe.get('captions', 'exact'), recipe.get('photo_share')   # in the recipe only when set, as in the shipped files
     web = toy_clip_web(recipe)
     if web is None and out is None: raise ValueError(f"a toy CLIP with captions={captions!r}, photo_share={photos} is not one of the shipped files ({TOY_CLIP_WEBS}): give `out`")
+    if out is None and set(recipe) - {'captions', 'photo_share', 'steps', 'seed'}: raise ValueError(f"a recipe that changes {sorted(set(recipe) - {'captions', 'photo_share', 'steps', 'seed'})} is not the shipped file's: give `out`")
     copies = TOY_CLIP_COPIES.get((arch, captions), 1)
     r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch, captions], **({'copies': copies} if copies > 1 else {}), **recipe}
     corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=captions, photo_share=photos, copies=r.get('copies', 1))
