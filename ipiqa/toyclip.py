@@ -22,19 +22,20 @@ from .toyworld import captioned_corpus
 from .training import Trainer, seed_everything
 
 # %% auto #0
-__all__ = ['TOY_CLIP_ARCHS', 'TOY_CLIP_DIR', 'TOY_CLIP_RECIPE', 'TOY_CLIP_LR', 'TOY_CLIP_QUALITY_WORDS', 'TOY_CLIP_COPIES',
-           'TOY_CLIP_WEBS', 'toy_clip_file', 'toy_clip_web', 'toyclip_command', 'contrastive_loss', 'param_groups',
-           'train_toy_clip', 'used_token_ids', 'save_toy_clip', 'toy_clip_state', 'clip_similarity',
-           'retrieval_accuracy', 'plot_similarity', 'frozen_probe', 'build_toy_clip', 'toyclip']
+__all__ = ['TOY_CLIP_ARCHS', 'TOY_CLIP_DIR', 'TOY_CLIP_RECIPE', 'TOY_CLIP_LR', 'TOY_CLIP_CORPUS', 'TOY_CLIP_WEBS',
+           'toy_clip_file', 'toy_clip_web', 'toyclip_command', 'contrastive_loss', 'param_groups', 'train_toy_clip',
+           'used_token_ids', 'save_toy_clip', 'toy_clip_state', 'clip_similarity', 'retrieval_accuracy',
+           'plot_similarity', 'frozen_probe', 'build_toy_clip', 'toyclip']
 
 # %% ../nbs/01h_toyclip.ipynb #1bc81791
 TOY_CLIP_ARCHS = ('RN50-tiny', 'ViT-B-32-tiny')
 TOY_CLIP_DIR = Path(importlib.util.find_spec('ipiqa').origin).parent/'toy_clips'
 TOY_CLIP_RECIPE = dict(n_images=16000, size=64, steps=1000, batch_size=256, weight_decay=0.1, warmup=0.1, seed=0)
 TOY_CLIP_LR = {'RN50-tiny': 2e-3, 'ViT-B-32-tiny': 1e-3}
-TOY_CLIP_QUALITY_WORDS = {('RN50-tiny', 'exact'): 0.0, ('ViT-B-32-tiny', 'exact'): 0.5,   # share of captions that also say how the image looks
-                          ('RN50-tiny', 'web'): 0.5, ('ViT-B-32-tiny', 'web'): 1.0}
-TOY_CLIP_COPIES = {('ViT-B-32-tiny', 'web'): 2}   # uploads of each drawing, side by side in a batch (absent: 1); see 'Why the toy ViT sees re-uploads'
+TOY_CLIP_CORPUS = {   # per (arch, captions): `quality_words`, the share of captions that also say how the image looks, and
+    ('RN50-tiny', 'exact'): dict(quality_words=0.0), ('ViT-B-32-tiny', 'exact'): dict(quality_words=0.5),   # `copies`, the uploads
+    ('RN50-tiny', 'web'): dict(quality_words=0.5),                                                           # of each drawing side by
+    ('ViT-B-32-tiny', 'web'): dict(quality_words=1.0, copies=2)}                                            # side in a batch (absent: 1)
 
 TOY_CLIP_WEBS = {'exact': {}, 'web': dict(captions='web'), 'photo': dict(captions='web', photo_share=1.0)}  # a shipped corpus -> its recipe beyond TOY_CLIP_RECIPE
 
@@ -148,7 +149,8 @@ def plot_similarity(images, texts, sim, path=None, n=8):
 # %% ../nbs/01h_toyclip.ipynb #f2a3b4c5
 def frozen_probe(features, target, groups, train, test, alphas=tuple(10.0 ** np.arange(-3, 5)), folds=5, seed=0):
     "Test-side SRCC of a ridge regression of `target` on frozen `features` (N, D) fitted on the rows `train`, its penalty (one of `alphas`) chosen by `folds`-fold cross-validation over the training rows' `groups`."
-    from scipy.stats import spearmanr
+    from ipiqa.metrics import iqa_metrics
+    srcc = lambda pred, mos: iqa_metrics(pred, mos)['srcc']
     X, y, groups = np.asarray(features, float), np.asarray(target, float), np.asarray(groups)
     def fit(rows, alpha):
         mx, my = X[rows].mean(0), y[rows].mean()
@@ -159,8 +161,8 @@ def frozen_probe(features, target, groups, train, test, alphas=tuple(10.0 ** np.
     if len(names) < 2 * folds: raise ValueError(f"{folds}-fold cross-validation over groups needs at least {2 * folds} training groups, not {len(names)}")
     fold = dict(zip(np.random.default_rng(seed).permutation(names), np.arange(len(names)) % folds))   # folds as even as the groups allow
     f = np.array([fold[g] for g in groups[train]])
-    cv = lambda a: np.mean([spearmanr(fit(train[f != k], a)(train[f == k]), y[train[f == k]])[0] for k in range(folds)])
-    return spearmanr(fit(train, max(alphas, key=cv))(test), y[test])[0]
+    cv = lambda a: np.mean([srcc(fit(train[f != k], a)(train[f == k]), y[train[f == k]]) for k in range(folds)])
+    return srcc(fit(train, max(alphas, key=cv))(test), y[test])
 
 
 # %% ../nbs/01h_toyclip.ipynb #45ce81f4
@@ -170,9 +172,9 @@ def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
     captions, photos = recipe.get('captions', 'exact'), recipe.get('photo_share')   # in the recipe only when set, as in the shipped files
     web = toy_clip_web(recipe)
     if web is None and out is None: raise ValueError(f"a toy CLIP with captions={captions!r}, photo_share={photos} is not one of the shipped files ({TOY_CLIP_WEBS}): give `out`")
-    if out is None and set(recipe) - {'captions', 'photo_share', 'steps', 'seed'}: raise ValueError(f"a recipe that changes {sorted(set(recipe) - {'captions', 'photo_share', 'steps', 'seed'})} is not the shipped file's: give `out`")
-    copies = TOY_CLIP_COPIES.get((arch, captions), 1)
-    r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], 'quality_words': TOY_CLIP_QUALITY_WORDS[arch, captions], **({'copies': copies} if copies > 1 else {}), **recipe}
+    changed = sorted(set(recipe) - {'captions', 'photo_share', 'steps', 'seed'})
+    if out is None and changed: raise ValueError(f"a recipe that changes {changed} is not the shipped file's: give `out`")
+    r = {**TOY_CLIP_RECIPE, 'lr': TOY_CLIP_LR[arch], **TOY_CLIP_CORPUS[arch, captions], **recipe}
     corpus = captioned_corpus(r['n_images'], r['size'], r['seed'], quality_words=r['quality_words'], captions=captions, photo_share=photos, copies=r.get('copies', 1))
     clip, history = train_toy_clip(arch, **{k: v for k, v in r.items() if k not in ('n_images', 'quality_words', 'captions', 'photo_share')}, device=device, corpus=corpus)
     _, tok = load_clip(arch, None)

@@ -2,10 +2,11 @@
 import socket
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from ipiqa.baselines import split_results, zero_shot_scores
+from ipiqa.baselines import clipiqa_scores, split_results
 from ipiqa.clip_agiqa import CLIPAGIQA, prompted_image_features, prompted_text_features
 from ipiqa.data import load_dataset, make_toy_agiqa, read_agiqa3k, read_aigciqa2023, write_toy_aigciqa2023
 from ipiqa.model import load_clip
@@ -142,8 +143,8 @@ def test_learned_prompts_beat_zero_shot_clipiqa(tmp_path, preset_clip):
     ds = load_dataset('toy')
     cv = cross_validate(TrainConfig(method='clip-agiqa', n_splits=1, epochs=EPOCHS, num_workers=1, seed=SEED), ds, tmp_path/'run')
     learned = cv.metrics.query("split == 0 and target == 'mos_quality'")['srcc'].item()
-    zs = zero_shot_scores(ds, *preset_clip, num_workers=1)
-    res = split_results(zs[['name', 'CLIP-IQA']], ds, cv.splits, 'toy')
+    zs = pd.DataFrame({'name': ds.table['name'], 'CLIP-IQA': clipiqa_scores(ds, *preset_clip, num_workers=1).numpy()})
+    res = split_results(zs, ds, cv.splits, 'toy')
     zero = res.query("target == 'mos_quality' and split == '0' and metric == 'srcc'")['value'].item()
     assert learned >= zero + MARGIN, f"CLIP-AGIQA quality SRCC {learned:.3f} vs zero-shot CLIP-IQA {zero:.3f}"
 
