@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 # %% auto #0
-__all__ = ['METRICS', 'logistic4', 'fit_logistic4', 'iqa_metrics', 'summarize', 'summary_table']
+__all__ = ['METRICS', 'logistic4', 'fit_logistic4', 'srcc', 'iqa_metrics', 'summarize', 'summary_table']
 
 # %% ../nbs/01b_metrics.ipynb #bf353045
 def logistic4(x, b1, b2, b3, b4):
@@ -31,12 +31,21 @@ def fit_logistic4(pred, mos):
 # %% ../nbs/01b_metrics.ipynb #62922db7
 METRICS = ('srcc', 'plcc', 'plcc_logistic', 'krcc', 'rmse')
 
-def iqa_metrics(pred, mos):
-    "All of `METRICS` for predictions `pred` against `mos` (RMSE on the raw predictions, in MOS units)."
+def _paired(pred, mos):
     pred, mos = np.asarray(pred, float), np.asarray(mos, float)
     if len(pred) != len(mos) or len(pred) < 3: raise ValueError(f"need ≥ 3 paired values, got {len(pred)} predictions and {len(mos)} MOS")
+    return pred, mos
+
+def srcc(pred, mos):
+    "SRCC alone, under the same rules (what model selection and probes rank by, without the logistic fit)."
+    pred, mos = _paired(pred, mos)
+    return 0.0 if np.ptp(pred) == 0 else float(stats.spearmanr(pred, mos)[0])
+
+def iqa_metrics(pred, mos):
+    "All of `METRICS` for predictions `pred` against `mos` (RMSE on the raw predictions, in MOS units)."
+    pred, mos = _paired(pred, mos)
     if np.ptp(pred) == 0: return dict(srcc=0.0, plcc=0.0, plcc_logistic=0.0, krcc=0.0, rmse=float(np.sqrt(np.mean((pred - mos) ** 2))))
-    return dict(srcc=float(stats.spearmanr(pred, mos)[0]), plcc=float(stats.pearsonr(pred, mos)[0]),
+    return dict(srcc=srcc(pred, mos), plcc=float(stats.pearsonr(pred, mos)[0]),
                 plcc_logistic=float(stats.pearsonr(fit_logistic4(pred, mos), mos)[0]),
                 krcc=float(stats.kendalltau(pred, mos)[0]), rmse=float(np.sqrt(np.mean((pred - mos) ** 2))))
 

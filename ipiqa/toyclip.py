@@ -149,8 +149,7 @@ def plot_similarity(images, texts, sim, path=None, n=8):
 # %% ../nbs/01h_toyclip.ipynb #f2a3b4c5
 def frozen_probe(features, target, groups, train, test, alphas=tuple(10.0 ** np.arange(-3, 5)), folds=5, seed=0):
     "Test-side SRCC of a ridge regression of `target` on frozen `features` (N, D) fitted on the rows `train`, its penalty (one of `alphas`) chosen by `folds`-fold cross-validation over the training rows' `groups`."
-    from ipiqa.metrics import iqa_metrics
-    srcc = lambda pred, mos: iqa_metrics(pred, mos)['srcc']
+    from ipiqa.metrics import srcc
     X, y, groups = np.asarray(features, float), np.asarray(target, float), np.asarray(groups)
     def fit(rows, alpha):
         mx, my = X[rows].mean(0), y[rows].mean()

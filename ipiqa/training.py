@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data import (AGIQASet, DATASETS, atomic_write, atomic_write_csv, check_run_config, authors_splits,
                         group_splits, load_dataset, split_indices)
-from .metrics import iqa_metrics, summarize, summary_table
+from .metrics import iqa_metrics, srcc, summarize, summary_table
 from .model import batch_prompts, build_ipiqa
 from .views import ResizedView
 
@@ -327,7 +327,7 @@ def similarity_srcc(model, data, rows, target=-1, device='cpu', batch_size=256):
 def selection_part(select): return dict(last=None, val='val', best_on_test='test')[select]
 
 def mean_srcc(pred, mos):
-    return float(np.mean([iqa_metrics(pred[:, j], mos[:, j])['srcc'] for j in range(mos.shape[1])]))
+    return float(np.mean([srcc(pred[:, j], mos[:, j]) for j in range(mos.shape[1])]))
 
 # %% ../nbs/01c_training.ipynb #0357e8dd
 def _cpu_state(model): return {k: v.detach().to('cpu', copy=True) for k, v in model.state_dict().items()}
