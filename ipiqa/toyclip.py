@@ -32,10 +32,11 @@ TOY_CLIP_ARCHS = ('RN50-tiny', 'ViT-B-32-tiny')
 TOY_CLIP_DIR = Path(importlib.util.find_spec('ipiqa').origin).parent/'toy_clips'
 TOY_CLIP_RECIPE = dict(n_images=16000, size=64, steps=1000, batch_size=256, weight_decay=0.1, warmup=0.1, seed=0)
 TOY_CLIP_LR = {'RN50-tiny': 2e-3, 'ViT-B-32-tiny': 1e-3}
-TOY_CLIP_CORPUS = {   # per (arch, captions): `quality_words`, the share of captions that also say how the image looks, and
-    ('RN50-tiny', 'exact'): dict(quality_words=0.0), ('ViT-B-32-tiny', 'exact'): dict(quality_words=0.5),   # `copies`, the uploads
-    ('RN50-tiny', 'web'): dict(quality_words=0.5),                                                           # of each drawing side by
-    ('ViT-B-32-tiny', 'web'): dict(quality_words=1.0, copies=2)}                                            # side in a batch (absent: 1)
+TOY_CLIP_CORPUS = {   # per (arch, captions): `quality_words`, the share of captions that also say how the image looks,
+    ('RN50-tiny', 'exact'): dict(quality_words=0.0), ('ViT-B-32-tiny', 'exact'): dict(quality_words=0.5),   # `copies`, the uploads of
+    ('RN50-tiny', 'web'): dict(quality_words=0.5),                                                           # each drawing side by side in
+    ('ViT-B-32-tiny', 'web'): dict(quality_words=1.0, copies=2, steps=2000)}                                # a batch (absent: 1), and any
+                                                                                                             # change to TOY_CLIP_RECIPE
 
 TOY_CLIP_WEBS = {'exact': {}, 'web': dict(captions='web'), 'photo': dict(captions='web', photo_share=1.0)}  # a shipped corpus -> its recipe beyond TOY_CLIP_RECIPE
 
@@ -185,11 +186,12 @@ def build_toy_clip(arch='RN50-tiny', out=None, device='cpu', **recipe):
 def toyclip(
     arch: str = 'RN50-tiny',  # which toy CLIP: RN50-tiny or ViT-B-32-tiny
     out: str = None,  # output file (default: the shipped file of that corpus, which load_clip(arch, 'toy' | 'toy-web' | 'toy-photo') reads)
-    steps: int = TOY_CLIP_RECIPE['steps'],  # training steps
+    steps: int = None,  # training steps (default: the shipped file's recipe, TOY_CLIP_RECIPE with TOY_CLIP_CORPUS)
     seed: int = TOY_CLIP_RECIPE['seed'],  # seed of the corpus, the init and the batches
     captions: str = 'exact',  # 'exact' (all of each scene, as the shipped CLIPs) or 'web' (part of it, like alt-text)
     photo_share: float = None,  # share of photos in the corpus (default: every style alike); 1.0 with --captions web is the shipped 'toy-photo', other shares need --out
     device: str = 'cpu'):  # 'cpu' or 'cuda'
     "Pre-train a toy CLIP on the toy world's captioned scenes (see nbs/01h_toyclip.ipynb); prints the file written."
-    recipe = {**({} if captions == 'exact' else dict(captions=captions)), **({} if photo_share is None else dict(photo_share=photo_share))}
-    print(build_toy_clip(arch, out, device, steps=steps, seed=seed, **recipe))
+    recipe = {**({} if captions == 'exact' else dict(captions=captions)), **({} if photo_share is None else dict(photo_share=photo_share)),
+              **({} if steps is None else dict(steps=steps))}
+    print(build_toy_clip(arch, out, device, seed=seed, **recipe))
