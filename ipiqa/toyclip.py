@@ -32,11 +32,10 @@ TOY_CLIP_ARCHS = ('RN50-tiny', 'ViT-B-32-tiny')
 TOY_CLIP_DIR = Path(importlib.util.find_spec('ipiqa').origin).parent/'toy_clips'
 TOY_CLIP_RECIPE = dict(n_images=16000, size=64, steps=1000, batch_size=256, weight_decay=0.1, warmup=0.1, seed=0)
 TOY_CLIP_LR = {'RN50-tiny': 2e-3, 'ViT-B-32-tiny': 1e-3}
-TOY_CLIP_CORPUS = {   # per (arch, captions): `quality_words`, the share of captions that also say how the image looks,
-    ('RN50-tiny', 'exact'): dict(quality_words=0.0), ('ViT-B-32-tiny', 'exact'): dict(quality_words=0.5),   # `copies`, the uploads of
-    ('RN50-tiny', 'web'): dict(quality_words=0.5),                                                           # each drawing side by side in
-    ('ViT-B-32-tiny', 'web'): dict(quality_words=1.0, copies=2, steps=2000)}                                # a batch (absent: 1), and any
-                                                                                                             # change to TOY_CLIP_RECIPE
+# per (arch, captions): `quality_words`, the share of captions that also say how the image looks; `copies`, the uploads
+# of each drawing side by side in a batch (absent: 1); and any change to TOY_CLIP_RECIPE (the toy ViT's web: 2,000 steps)
+TOY_CLIP_CORPUS = {('RN50-tiny', 'exact'): dict(quality_words=0.0), ('ViT-B-32-tiny', 'exact'): dict(quality_words=0.5),
+                   ('RN50-tiny', 'web'): dict(quality_words=0.5), ('ViT-B-32-tiny', 'web'): dict(quality_words=1.0, copies=2, steps=2000)}
 
 TOY_CLIP_WEBS = {'exact': {}, 'web': dict(captions='web'), 'photo': dict(captions='web', photo_share=1.0)}  # a shipped corpus -> its recipe beyond TOY_CLIP_RECIPE
 
@@ -192,6 +191,6 @@ def toyclip(
     photo_share: float = None,  # share of photos in the corpus (default: every style alike); 1.0 with --captions web is the shipped 'toy-photo', other shares need --out
     device: str = 'cpu'):  # 'cpu' or 'cuda'
     "Pre-train a toy CLIP on the toy world's captioned scenes (see nbs/01h_toyclip.ipynb); prints the file written."
-    recipe = {**({} if captions == 'exact' else dict(captions=captions)), **({} if photo_share is None else dict(photo_share=photo_share)),
-              **({} if steps is None else dict(steps=steps))}
+    given = dict(captions=None if captions == 'exact' else captions, photo_share=photo_share, steps=steps)
+    recipe = {k: v for k, v in given.items() if v is not None}   # only what was asked for, as in the shipped files' recipes
     print(build_toy_clip(arch, out, device, seed=seed, **recipe))

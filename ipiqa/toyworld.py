@@ -288,13 +288,12 @@ REAL_AGIQA3K_STATISTICS = {'spearman(quality, align)': 0.74, 'generator η² qua
 # %% ../nbs/00a_toyworld.ipynb #b2c1d8e3
 def alignment_oracles(plan):
     "Alignment SRCC of three oracles on `plan` (`toy_agiqa_plan` rows): the generator's mean; a least-squares fit on the true generator and degradation strength (facts about the image, not its prompt); the raters' noise-free score."
-    from ipiqa.metrics import srcc as ranks
+    from ipiqa.metrics import srcc
     t = pd.DataFrame(plan)
     X = pd.get_dummies(t['generator']).astype(float).assign(strength=t['strength']).to_numpy()
     y = t['mos_align'].to_numpy(float)
-    srcc = lambda pred: ranks(pred, y)
-    return {'generator': srcc(t.groupby('generator')['mos_align'].transform('mean')),
-            'generator + damage': srcc(X @ np.linalg.lstsq(X, y, rcond=None)[0]), 'noise-free raters': srcc(t['align_noise_free'])}
+    return {'generator': srcc(t.groupby('generator')['mos_align'].transform('mean'), y),
+            'generator + damage': srcc(X @ np.linalg.lstsq(X, y, rcond=None)[0], y), 'noise-free raters': srcc(t['align_noise_free'], y)}
 
 # %% ../nbs/00a_toyworld.ipynb #668b4fc9
 def make_toy_agiqa(out_dir, n_prompts=300, size=64, seed=0, generators=TOY_GENERATORS):
