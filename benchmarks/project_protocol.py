@@ -1,6 +1,7 @@
 """The AGIQA-3k protocol's wall time (10 splits x 100 epochs) projected from a short run of the real training loop.
 
     python benchmarks/project_protocol.py RUN_DIR [--processes 2]
+    python benchmarks/project_protocol.py RUN_DIR --processes 1 --epochs 50     # CLIP-AGIQA's protocol: 50 epochs per split
 
 RUN_DIR is a `python -m ipiqa.training` run folder, made as benchmarks/gpu_paper_size.sh makes it: under torchrun with
 `--processes` ranks, rank r training splits r, r+N, ...; each split's `history.csv` holds an epoch's `seconds`, and
@@ -19,7 +20,7 @@ import pandas as pd
 from bench_ipiqa import AGIQA3K   # the protocol's sizes, as bench_ipiqa projects them
 
 
-def project(run, processes):
+def project(run, processes, protocol_epochs=AGIQA3K['epochs']):
     run = Path(run)
     marks = dict((line.split() + [None])[:2] for line in (run / 'finished.txt').read_text().splitlines() if line.strip())
     unfinished = sorted(k for k, t in marks.items() if t is None)
@@ -41,7 +42,7 @@ def project(run, processes):
         spans = np.diff([start] + [finished[k] for k in mine])   # each split's wall time, launch to its metrics
         cold, warm = spans[0], (np.median(spans[1:]) if len(spans) > 1 else spans[0])
         n_splits = len(range(r, AGIQA3K['splits'], processes))
-        more = AGIQA3K['epochs'] - epochs
+        more = protocol_epochs - epochs
         total = cold + more * steady + (n_splits - 1) * (warm + more * steady)
         per_rank.append(total)
         lines.append(f"rank {r}: splits {mine}: {', '.join(f'{s:.1f}' for s in spans)} s each (launch to metrics); "
@@ -50,7 +51,7 @@ def project(run, processes):
     print(f"# {run}: {len(splits)} splits x {epochs} epochs, {processes} at once, {n_train} training images per split; "
           f"steady epoch {steady:.2f} s per split at AGIQA-3k's size (median over splits of epochs 2+)")
     print('\n'.join(lines))
-    print(f"AGIQA-3k protocol ({AGIQA3K['splits']} splits x {AGIQA3K['epochs']} epochs), projected: {max(per_rank) / 3600:.2f} h "
+    print(f"AGIQA-3k protocol ({AGIQA3K['splits']} splits x {protocol_epochs} epochs), projected: {max(per_rank) / 3600:.2f} h "
           f"(the slowest rank; gathering the results after it is not counted)")
     return max(per_rank)
 
@@ -58,5 +59,6 @@ def project(run, processes):
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('run'); p.add_argument('--processes', type=int, default=2)
+    p.add_argument('--epochs', type=int, default=AGIQA3K['epochs'], help="epochs per split of the protocol (IP-IQA's paper: 100; CLIP-AGIQA's: 50)")
     a = p.parse_args()
-    project(a.run, a.processes)
+    project(a.run, a.processes, a.epochs)

@@ -32,6 +32,11 @@ def test_steady_pace_scales_to_agiqa3k_training_size(tmp_path):
     assert project(make_run(tmp_path, n_train=4770), 2) == pytest.approx(61 + 97 * 2.5 + 4 * (21 + 97 * 2.5))
 
 
+def test_protocol_epochs_are_a_parameter(tmp_path):
+    # CLIP-AGIQA's 50 epochs per split: 47 more at 5 s; rank 1 (the slower) 61 + 235 + 4 * (21 + 235) = 1320 s
+    assert project(make_run(tmp_path), 2, protocol_epochs=50) == pytest.approx(1320.0)
+
+
 def test_splits_with_different_epochs_are_refused(tmp_path):
     run = make_run(tmp_path)
     pd.DataFrame(dict(epoch=[1, 2], train_loss=[1.0, 0.9], seconds=[4.0, 5.0])).to_csv(run / 'split3' / 'history.csv', index=False)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# CLIP-AGIQA at the paper's size on one GPU, in one go; prints figures, asserts nothing.
+#
+#   bash benchmarks/gpu_clip_agiqa.sh [results folder, default outputs/gpu_clip_agiqa]
+#   EPOCHS=2 SPLITS=2 COMPILE=0 bash benchmarks/gpu_clip_agiqa.sh    # shorter; no compiled run
+#   ARCH=ViT-B-32-tiny SIZE=64 RESIZE=96 STRIDE=16 EPOCHS=2 COMPILE=0 bash benchmarks/gpu_clip_agiqa.sh   # the script itself, on a CPU
+#
+# The real training loop (`python -m ipiqa.training --method clip-agiqa`) with the AGIQA-3k preset's recipe -- CLIP
+# ViT-B/32 (random init: the compute is the same as with OpenAI's weights), frozen; random 224 px crops with flips,
+# batch 64, Adam 1e-4; the test score the mean over every 224 px crop at stride 64 -- on the AGIQA-3k-sized toy set
+# squashed to 512 px, AGIQA-3k's most common size (3,000 images, 2,400 training images per split):
+# 1. fp32, as the preset trains (amp=False), then bf16 autocast (--amp True), then bf16 with the model through
+#    torch.compile (--torch_compile True). Each split's history.csv has an epoch's seconds; finished.txt when each
+#    split's metrics were written. benchmarks/project_protocol.py turns them into the protocol's wall time
+#    (AGIQA-3k: 10 splits x 50 epochs, one split at a time).
+# 2. The scorer (`python -m ipiqa.scoring score`) on the fp32 run's models: all 3,000 toy images, every crop of each.
+set -u
+res=${1:-outputs/gpu_clip_agiqa}; run=${RUN_DIR:-/tmp/gpu_clip_agiqa_run}
+mkdir -p "$res"; rm -rf "$run"
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, open_clip; print('torch', torch.__version__, '| open_clip', open_clip.__version__)"; } | tee "$res/machine.txt"
+
+loop() {  # loop NAME OPTIONS...: one run of the training loop into $run/NAME, its log and projection into $res
+  local name=$1; shift; local start; start=$(date +%s.%N)
+  python3 -m ipiqa.training --dataset toy --method clip-agiqa --arch "${ARCH:-ViT-B-32}" --pretrained none \
+      --image_size "${SIZE:-224}" --resize "${RESIZE:-512}" --test_stride "${STRIDE:-64}" --batch_size 64 --lr 1e-4 --epochs "${EPOCHS:-3}" --n_splits "${SPLITS:-2}" \
+      --out_dir "$run/$name" "$@" > "$res/$name.log" 2>&1
+  local rc=$?; tail -n 3 "$res/$name.log"
+  echo "$name: exit $rc | wall $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s" | tee -a "$res/$name.log"
+  mkdir -p "$run/$name"
+  for d in "$run/$name"/split*/; do echo "$(basename "$d") $(stat -c %.3Y "$d/metrics.csv" 2>/dev/null)"; done > "$run/$name/finished.txt"
+  echo "start $start" >> "$run/$name/finished.txt"
+  for d in "$run/$name"/split*/; do echo "$(basename "$d"): $(tr '\n' ' ' < "$d/history.csv")"; done | tee -a "$res/$name.log"
+  python3 benchmarks/project_protocol.py "$run/$name" --processes 1 --epochs 50 2>&1 | tee "$res/$name.projection.txt"
+}
+
+loop fp32 --amp False
+loop bf16 --amp True
+[ "${COMPILE:-1}" = 1 ] && loop bf16_compiled --amp True --torch_compile True
+
+start=$(date +%s.%N)
+python3 -m ipiqa.scoring score --model "$run/fp32" data/toy3k-v1/images --prompts data/toy3k-v1/data.csv > "$res/scores.csv" 2> "$res/score.log"
+echo "scorer exit $? | $(($(wc -l < "$res/scores.csv") - 1)) rows | wall $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s" | tee -a "$res/score.log"
+tail -n 3 "$res/score.log"
+tar -czf "$res/runs.tgz" --exclude='*.pt' -C "$(dirname "$run")" "$(basename "$run")"
