@@ -1,0 +1,83 @@
+"""Speed of CLIP-AGIQA as the harness trains and scores it, and how scoring's pace depends on the crops per forward.
+Prints figures, asserts nothing.
+
+    python benchmarks/bench_clip_agiqa.py --arch ViT-B-32-tiny --size 64 --image 96 --stride 16   # CPU, the toy ViT
+    python benchmarks/bench_clip_agiqa.py --device cuda                                           # the paper's size, fp32 (its preset)
+    python benchmarks/bench_clip_agiqa.py --device cuda --amp                                     # bf16 autocast
+
+The model is the harness's (`get_method('clip-agiqa').build`, the AGIQA-3k preset: ViT-B/32, random init -- the compute
+is the same as with OpenAI's weights -- frozen, both prompt learners, guidance), on random uint8 images of `--image`
+px held on the device as the harness's fast path holds its image cache:
+- a training step: a batch of random `--size` crops (`CropView.train_images`), `method.loss`, backward, Adam;
+- scoring: every crop at `--stride` of each image (`CropView.test_images`), through the model without gradients,
+  `--crops` crops per forward (the harness's test batches hold about `batch_size` crops: 64 -> 2 images of 25 crops
+  at 512 px); images/s for each;
+- the text side alone: both learners' class-phrase features, which every forward computes once whatever its batch.
+Figures are medians over `--repeat` rounds after two warm-up rounds (`bench_ipiqa.timed`).
+"""
+import argparse, os
+os.environ.setdefault('TQDM_DISABLE', '1')
+
+import numpy as np
+import torch
+
+from bench_ipiqa import timed
+from ipiqa.training import TrainConfig, autocast, get_method
+from ipiqa.views import crop_positions
+
+
+def main(a):
+    device = torch.device(a.device)
+    cfg = TrainConfig(dataset='agiqa3k', method='clip-agiqa', arch=a.arch, pretrained='none', image_size=a.size,
+                      test_stride=a.stride, batch_size=a.batch_size).resolved()
+    method = get_method('clip-agiqa'); view = method.view(cfg)
+    torch.manual_seed(0)
+    model = method.build(cfg, 2).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr, fused=device.type == 'cuda')
+    n_crops = len(crop_positions(a.image, a.image, a.size, a.stride))
+    per_forward = [max(1, c // n_crops) for c in a.crops]
+    images = torch.randint(0, 256, (max(a.batch_size, *per_forward), 3, a.image, a.image), dtype=torch.uint8, device=device)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.arange(a.batch_size)
+    targets = torch.rand(a.batch_size, 2, device=device) * 5
+
+    def train_step():
+        model.train()
+        b = dict(images=view.train_images(images, rows, g), tokens=model.tokenize(['']).to(device).expand(a.batch_size, -1),
+                 prompt_index=torch.arange(a.batch_size, device=device), targets=targets)
+        with autocast(device, a.amp): loss = method.loss(model, b)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+
+    def scorer(k):
+        def score():
+            model.eval()
+            with torch.no_grad(), autocast(device, a.amp):
+                crops, owner = view.test_images(images, torch.arange(k))
+                model(crops, model.tokenize(['']).to(device), torch.zeros(len(crops), dtype=torch.long, device=device))
+        return score
+
+    def text_side():
+        with torch.no_grad(), autocast(device, a.amp): model.quality.class_features(model.clip), model.align.class_features(model.clip)
+
+    print(f"# CLIP-AGIQA, {cfg.arch} (random init) on {device}{' bf16' if a.amp else ' fp32'}: {a.size} px crops of {a.image} px images, "
+          f"{n_crops} test crops per image at stride {a.stride}; {sum(p.numel() for p in trainable):,} trainable parameters")
+    t = timed([train_step], device, a.repeat)[:, 0]
+    print(f"training step, batch {a.batch_size}: {np.median(t) * 1e3:.1f} ms ({a.batch_size / np.median(t):.0f} images/s)")
+    fns = [scorer(k) for k in per_forward]
+    t = timed(fns, device, a.repeat)
+    for k, c, s in zip(per_forward, a.crops, np.median(t, 0)):
+        print(f"scoring, {k} images ({k * n_crops} crops) per forward (asked {c}): {s * 1e3:.1f} ms per forward, {k / s:.1f} images/s, {k * n_crops / s:.0f} crops/s")
+    t = timed([text_side], device, a.repeat)[:, 0]
+    print(f"text side (both learners' class phrases, every forward): {np.median(t) * 1e3:.1f} ms")
+    if device.type == 'cuda': print(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cpu'); p.add_argument('--arch', default='ViT-B-32')
+    p.add_argument('--size', type=int, default=224, help='crop size (the model input)'); p.add_argument('--image', type=int, default=512)
+    p.add_argument('--stride', type=int, default=64); p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--crops', type=int, nargs='+', default=[64, 256, 512], help='crops per scoring forward (whole images)')
+    p.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA only)'); p.add_argument('--repeat', type=int, default=5)
+    main(p.parse_args())
