@@ -13,7 +13,8 @@ px held on the device as the harness's fast path holds its image cache:
   `--crops` crops per forward (the harness's test batches hold about `batch_size` crops: 64 -> 2 images of 25 crops
   at 512 px); images/s for each;
 - the text side alone: both learners' class-phrase features, which every forward computes once whatever its batch.
-Figures are medians over `--repeat` rounds after two warm-up rounds (`bench_ipiqa.timed`).
+Figures are medians over `--repeat` rounds after `--warmup` rounds (`bench_ipiqa.timed`). bf16 warms up slowly on a GPU (an H200's
+first bf16 epoch of the loop took 8.2 s against fp32's 4.6 s): give it `--warmup 40` for its steady pace.
 """
 import argparse, os
 os.environ.setdefault('TQDM_DISABLE', '1')
@@ -62,13 +63,13 @@ def main(a):
 
     print(f"# CLIP-AGIQA, {cfg.arch} (random init) on {device}{' bf16' if a.amp else ' fp32'}: {a.size} px crops of {a.image} px images, "
           f"{n_crops} test crops per image at stride {a.stride}; {sum(p.numel() for p in trainable):,} trainable parameters")
-    t = timed([train_step], device, a.repeat)[:, 0]
+    t = timed([train_step], device, a.repeat, a.warmup)[:, 0]
     print(f"training step, batch {a.batch_size}: {np.median(t) * 1e3:.1f} ms ({a.batch_size / np.median(t):.0f} images/s)")
     fns = [scorer(k) for k in per_forward]
-    t = timed(fns, device, a.repeat)
+    t = timed(fns, device, a.repeat, a.warmup)
     for k, c, s in zip(per_forward, a.crops, np.median(t, 0)):
         print(f"scoring, {k} images ({k * n_crops} crops) per forward (asked {c}): {s * 1e3:.1f} ms per forward, {k / s:.1f} images/s, {k * n_crops / s:.0f} crops/s")
-    t = timed([text_side], device, a.repeat)[:, 0]
+    t = timed([text_side], device, a.repeat, a.warmup)[:, 0]
     print(f"text side (both learners' class phrases, every forward): {np.median(t) * 1e3:.1f} ms")
     if device.type == 'cuda': print(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 
@@ -80,4 +81,5 @@ if __name__ == '__main__':
     p.add_argument('--stride', type=int, default=64); p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--crops', type=int, nargs='+', default=[64, 256, 512], help='crops per scoring forward (whole images)')
     p.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA only)'); p.add_argument('--repeat', type=int, default=5)
+    p.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
     main(p.parse_args())
