@@ -193,7 +193,6 @@ METHOD_NAMES = {'ipiqa': 'IP-IQA', 'clip-agiqa': 'CLIP-AGIQA', 'resnet': 'ResNet
 class Scorer:
     "Scores images with one model, the mean of a run's split models, or a zero-shot baseline: one column per target, higher is better."
     lower_better = False
-    max_views = 1024   # a batch's test views at most (a crop view's crops), so that large native images keep host memory bounded
     def __init__(self, members, kind='model', source='', batch_size=32, num_workers=4, amp=None, chunk=512):
         if not members: raise ModelError("no model to score with")
         first = members[0]
@@ -277,15 +276,13 @@ def _decode(self: Scorer, images):
 
 @patch
 def _predict(self: Scorer, pixels, prompts):
-    "The models' mean `predict` on decoded `pixels` made from `prompts`: the data path of a test split, `batch_size` images a batch (at most `max_views` views)."
+    "The models' mean `predict` on decoded `pixels` made from `prompts`: the data path of a test split, `batch_size` images a batch."
     ds, preds = prefill(image_set(prompts, self.targets, self.score_range), self.view, pixels), []
-    views = len(self.view.test_images(pixels, torch.arange(1))[1])            # an image's test views: 1, or a crop view's crops
-    per_batch = max(views, min(self.batch_size * views, self.max_views))     # the loader's test batches count views
     for m in self.members:
         data = IQAData(ds, self.view, m.model.tokenize, self.num_workers)
         amp = self.amp if self.amp is not None else m.config.amp is not False
         with torch.inference_mode():   # the chunk's prompts first, many per pass
-            preds.append(predict_prefilled(m.model, data.token_table, data.loader(np.arange(len(pixels)), per_batch), self.device, amp, m.method))
+            preds.append(predict_prefilled(m.model, data.token_table, data.loader(np.arange(len(pixels)), self.batch_size), self.device, amp, m.method))
     return np.mean(preds, 0)
 
 # %% ../nbs/08_scoring.ipynb #36b5e056

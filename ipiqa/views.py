@@ -30,8 +30,8 @@ def crop_positions(height, width, size, stride):
 # %% ../nbs/00b_views.ipynb #266c6e57
 class CropView:
     "Random `size` crops (+ horizontal flips) for training; every crop at `stride`, averaged, for testing; no resize unless `resize`."
-    def __init__(self, size=224, stride=64, flip=True, resize=None, max_bytes=None):
-        self.size, self.stride, self.flip, self.resize, self.max_bytes = size, stride, flip, resize, max_bytes
+    def __init__(self, size=224, stride=64, flip=True, resize=None, max_bytes=None, max_views=1024):
+        self.size, self.stride, self.flip, self.resize, self.max_bytes, self.max_views = size, stride, flip, resize, max_bytes, max_views
     def __repr__(self): return f"CropView({self.size}, stride={self.stride}, flip={self.flip}, resize={self.resize})"
 
     def prepare(self, ds: AGIQASet, num_workers=4):
@@ -59,5 +59,5 @@ class CropView:
         return torch.stack(crops), torch.tensor(owner)
 
     def test_batch(self, images, batch_size):
-        "Images per test batch so that their crops number about `batch_size`."
-        return max(1, batch_size // len(crop_positions(*images[0].shape[-2:], self.size, self.stride)))
+        "Images per test batch: `batch_size`, fewer where their crops would pass `max_views` (host memory stays bounded for large images)."
+        return max(1, min(batch_size, self.max_views // len(crop_positions(*images[0].shape[-2:], self.size, self.stride))))

@@ -184,7 +184,8 @@ def test_trains_on_aigciqa2023(tmp_path):
     r = cfg.resolved()
     assert (r.arch, r.pretrained, r.image_size, r.resize, r.test_stride, r.amp, r.epochs, r.n_splits) == ('ViT-B-32-tiny', 'toy', 64, 96, 32, False, 1, 1)
     view = get_method('clip-agiqa').view(r)
-    assert view.test_batch([torch.zeros(3, 96, 96)], 64) == 64 // 4   # 2 × 2 crops of 64 at stride 32
+    assert view.test_batch([torch.zeros(3, 96, 96)], 64) == 64          # a test batch counts images (2 × 2 crops of 64 at stride 32 each),
+    assert view.test_batch([torch.zeros(3, 96, 96)], 512) == 1024 // 4  # up to max_views crops
     cv = cross_validate(cfg, ds, tmp_path/'run')
     p = cv.predictions
     assert set(p['target']) == {'mos_quality', 'mos_align'} and len(p) == 2 * (cv.splits['part'] == 'test').sum()

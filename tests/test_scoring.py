@@ -96,14 +96,14 @@ def test_cli_with_a_clip_agiqa_model_an_image_table_and_json_lines(agiqa_run, to
 
 
 def test_a_batch_holds_batch_size_images_whatever_their_views(agiqa_run, toy):
-    "`batch_size` counts images, also for CLIP-AGIQA's every-crop view (9 crops of a toy image), up to `max_views` views a batch; batching changes no score."
+    "`batch_size` counts images, also for CLIP-AGIQA's every-crop view (9 crops of a toy image), up to the view's `max_views` a batch; batching changes no score."
     paths, prompts = _paths(toy)[:10], toy.table['prompt'][:10]
     scorer = Scorer.load(agiqa_run.out_dir, device='cpu', batch_size=4, num_workers=1)
     seen = []
     hook = scorer.members[0].model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
     four = scorer(paths, prompts)
     assert seen == [36, 36, 18]                      # 4 + 4 + 2 images of 9 crops (before: one image a batch, 9 crops)
-    seen.clear(); scorer.max_views = 20              # a cap below 4 images' crops: 2 images a batch
+    seen.clear(); scorer.view.max_views = 20         # a cap below 4 images' crops: 2 images a batch
     capped = scorer(paths, prompts)
     assert seen == [18] * 5
     hook.remove()
