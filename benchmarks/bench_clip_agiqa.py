@@ -10,8 +10,8 @@ is the same as with OpenAI's weights -- frozen, both prompt learners, guidance),
 px held on the device as the harness's fast path holds its image cache:
 - a training step: a batch of random `--size` crops (`CropView.train_images`), `method.loss`, backward, Adam;
 - scoring: every crop at `--stride` of each image (`CropView.test_images`), through the model without gradients,
-  `--crops` crops per forward (the harness's test batches hold about `batch_size` crops: 64 -> 2 images of 25 crops
-  at 512 px); images/s for each;
+  `--crops` crops per forward (`predict` reads a test batch 256 views at a time; until 2026-11-28 a test batch held
+  `batch_size` crops, 64 -> 2 images of 25 crops at 512 px, now `batch_size` images up to 1,024 crops); images/s for each;
 - the text side alone: both learners' class-phrase features, which every forward computes once whatever its batch.
 Figures are medians over `--repeat` rounds after `--warmup` rounds (`bench_ipiqa.timed`). bf16 warms up slowly on a GPU (an H200's
 first bf16 epoch of the loop took 8.2 s against fp32's 4.6 s): give it `--warmup 40` for its steady pace.
