@@ -9,10 +9,12 @@ The model is the harness's (`get_method('clip-agiqa').build`, the AGIQA-3k prese
 is the same as with OpenAI's weights -- frozen, both prompt learners, guidance), on random uint8 images of `--image`
 px held on the device as the harness's fast path holds its image cache:
 - a training step: a batch of random `--size` crops (`CropView.train_images`), `method.loss`, backward, Adam;
-- scoring: every crop at `--stride` of each image (`CropView.test_images`), through the model without gradients,
+- scoring: every crop at `--stride` of each image (`CropView.test_images`), through the model without gradients and
+  inside `method.predicting` as `predict` runs it (since 2026-11-28: the class phrases' text features once per call),
   `--crops` crops per forward (`predict` reads a test batch 256 views at a time; until 2026-11-28 a test batch held
   `batch_size` crops, 64 -> 2 images of 25 crops at 512 px, now `batch_size` images up to 1,024 crops); images/s for each;
-- the text side alone: both learners' class-phrase features, which every forward computes once whatever its batch.
+- the text side alone: both learners' class-phrase features, which a training step computes once whatever its batch
+  (and a scoring forward did too before `method.predicting` kept them for the call).
 Figures are medians over `--repeat` rounds after `--warmup` rounds (`bench_ipiqa.timed`). bf16 warms up slowly on a GPU (an H200's
 first bf16 epoch of the loop took 8.2 s against fp32's 4.6 s): give it `--warmup 40` for its steady pace.
 """
@@ -58,19 +60,24 @@ def main(a):
                 model(crops, model.tokenize(['']).to(device), torch.zeros(len(crops), dtype=torch.long, device=device))
         return score
 
-    def text_side():
-        with torch.no_grad(), autocast(device, a.amp): model.quality.class_features(model.clip), model.align.class_features(model.clip)
-
     print(f"# CLIP-AGIQA, {cfg.arch} (random init) on {device}{' bf16' if a.amp else ' fp32'}: {a.size} px crops of {a.image} px images, "
           f"{n_crops} test crops per image at stride {a.stride}; {sum(p.numel() for p in trainable):,} trainable parameters")
     t = timed([train_step], device, a.repeat, a.warmup)[:, 0]
     print(f"training step, batch {a.batch_size}: {np.median(t) * 1e3:.1f} ms ({a.batch_size / np.median(t):.0f} images/s)")
-    fns = [scorer(k) for k in per_forward]
-    t = timed(fns, device, a.repeat, a.warmup)
-    for k, c, s in zip(per_forward, a.crops, np.median(t, 0)):
+    def text_side():
+        with torch.no_grad(), autocast(device, a.amp): model.quality.class_features(model.clip), model.align.class_features(model.clip)
+
+    k0 = per_forward[0]
+    fns = [scorer(k) for k in per_forward] + [lambda: (text_side(), scorer(k0)())]   # the last: the class phrases again with every forward, as before
+    with method.predicting(model):   # one scoring call as `predict` makes it, over every round: the class phrases once
+        t = timed(fns, device, a.repeat, a.warmup)
+    for k, c, s in zip(per_forward, a.crops, np.median(t[:, :-1], 0)):
         print(f"scoring, {k} images ({k * n_crops} crops) per forward (asked {c}): {s * 1e3:.1f} ms per forward, {k / s:.1f} images/s, {k * n_crops / s:.0f} crops/s")
+    s = np.median(t[:, -1])
+    print(f"  the same {k0} images with the class phrases through the text tower every forward (before 2026-11-28): {s * 1e3:.1f} ms per forward; "
+          f"once per call is {np.median(t[:, -1] / t[:, 0]):.2f}x as fast (median of the rounds' ratios)")
     t = timed([text_side], device, a.repeat, a.warmup)[:, 0]
-    print(f"text side (both learners' class phrases, every forward): {np.median(t) * 1e3:.1f} ms")
+    print(f"text side (both learners' class phrases: with every training step, once per scoring call): {np.median(t) * 1e3:.1f} ms")
     if device.type == 'cuda': print(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 
 

@@ -4,6 +4,8 @@
 
 # %% ../nbs/01i_clip_agiqa.ipynb #a84aa396
 from __future__ import annotations
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -94,6 +96,7 @@ class CLIPAGIQA(nn.Module):
         self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('score_range', torch.tensor(score_range, dtype=torch.float))
+        self._class_memo = None                                   # set by `reusing_class_features`
 
     def train(self, mode=True):
         super().train(mode); self.clip.eval(); return self   # the backbone stays in eval mode
@@ -109,6 +112,19 @@ class CLIPAGIQA(nn.Module):
         split = lambda ps: (ps[0], ps[1:]) if ps else (None, [])
         return split(q), split(a)
 
+    def class_features(self, learner):
+        "`learner`'s class-phrase text features (2, D); inside `reusing_class_features`, computed once and reused."
+        if self._class_memo is None: return learner.class_features(self.clip)
+        if id(learner) not in self._class_memo: self._class_memo[id(learner)] = learner.class_features(self.clip)
+        return self._class_memo[id(learner)]
+
+    @contextlib.contextmanager
+    def reusing_class_features(self):
+        "While it lasts -- scoring, nothing trained in it -- each learner's class phrases go through the text tower once, not once per batch: no image changes them."
+        self._class_memo = {}
+        try: yield self
+        finally: self._class_memo = None
+
     def _p(self, image_features, text_features):
         "Probability of the first text: softmax over CLIP's logit-scaled cosines, per image (or per image and its own pair)."
         logits = self.clip.logit_scale.exp() * F.normalize(image_features, dim=-1)[:, None] @ F.normalize(text_features, dim=-1).transpose(-1, -2)
@@ -118,14 +134,14 @@ class CLIPAGIQA(nn.Module):
         x = (images.float() / 255 if images.dtype == torch.uint8 else images)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         (q_in, q_deep), (a_in, a_deep) = self.visual_prompts()
-        p = [self._p(prompted_image_features(self.clip.visual, x, q_in, q_deep), self.quality.class_features(self.clip))]
+        p = [self._p(prompted_image_features(self.clip.visual, x, q_in, q_deep), self.class_features(self.quality))]
         if self.n_outputs == 2:
             v = prompted_image_features(self.clip.visual, x, a_in, a_deep)
             if self.read_prompt:
                 own = prompted_text_features(self.clip, self.align.texts(self.clip.token_embedding(tokens)), tokens, list(self.align.deep_text))
-                neg = self.align.class_features(self.clip)[1:].expand(len(own), -1)
+                neg = self.class_features(self.align)[1:].expand(len(own), -1)
                 t = torch.stack([own, neg], 1)[prompt_index]                       # (N, 2, D): each image's prompt, the reference
-            else: t = self.align.class_features(self.clip)
+            else: t = self.class_features(self.align)
             p.append(self._p(v, t))
         lo, hi = self.score_range
         return lo + (hi - lo) * torch.stack(p, -1)
@@ -144,6 +160,7 @@ class CLIPAGIQAMethod(Method):
         return CLIPAGIQA(*load_clip(cfg.arch, cfg.pretrained), n_outputs, cfg.n_ctx, cfg.text_depth, cfg.vision_depth,
                          cfg.use_aux, cfg.read_prompt, cfg.normalize, score_range, cfg.aux_weight)
     def view(self, cfg): return CropView(cfg.image_size, cfg.test_stride, flip=True, resize=cfg.resize)
+    def predicting(self, model): return model.reusing_class_features()
     def loss(self, model, batch):
         lo, hi = model.score_range
         p, t = (self.scores(model, batch).float() - lo) / (hi - lo), (batch['targets'] - lo) / (hi - lo)

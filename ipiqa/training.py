@@ -88,6 +88,7 @@ class Method:
     def loss(self, model, batch): return F.mse_loss(self.scores(model, batch).float(), batch['targets'])
     def start(self, model, data, rows, device='cpu'): "Start training from the training targets (default: as built)."
     def compile(self, model): "`torch.compile` what costs (default: the whole model, in place)."; model.compile()
+    def predicting(self, model): "A context for one `predict` call, no training in it (default: nothing): e.g. reuse what no image changes."; return contextlib.nullcontext()
     def __repr__(self): return f"{type(self).__name__}({self.name!r})"
 
 METHODS = {}
@@ -264,13 +265,14 @@ def _average(scores, owner, n):
 @torch.no_grad()
 def predict(model, loader, device, amp=True, method=None, chunk=256):
     "Scores for every row of `loader`, in order: an array (N, n_outputs), each row's scores averaged over its test views."
-    model.eval(); out, scores = [], (method or get_method('ipiqa')).scores
-    for b in loader:
-        b, n = to_device(b, device), len(b['rows'])
-        with autocast(device, amp):
-            s = torch.cat([scores(model, dict(b, images=b['images'][i:i + chunk], prompt_index=b['prompt_index'][i:i + chunk])).float()
-                           for i in range(0, len(b['images']), chunk)])
-        out.append(_average(s, b['owner'], n))
+    model.eval(); out, method = [], method or get_method('ipiqa')
+    with method.predicting(model):
+        for b in loader:
+            b, n = to_device(b, device), len(b['rows'])
+            with autocast(device, amp):
+                s = torch.cat([method.scores(model, dict(b, images=b['images'][i:i + chunk], prompt_index=b['prompt_index'][i:i + chunk])).float()
+                               for i in range(0, len(b['images']), chunk)])
+            out.append(_average(s, b['owner'], n))
     return torch.cat(out).cpu().numpy()  # one wait for the device, at the end
 
 # %% ../nbs/01c_training.ipynb #5d649bd4
