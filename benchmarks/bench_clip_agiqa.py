@@ -8,7 +8,8 @@ Prints figures, asserts nothing.
 The model is the harness's (`get_method('clip-agiqa').build`, the AGIQA-3k preset: ViT-B/32, random init -- the compute
 is the same as with OpenAI's weights -- frozen, both prompt learners, guidance), on random uint8 images of `--image`
 px held on the device as the harness's fast path holds its image cache:
-- a training step: a batch of random `--size` crops (`CropView.train_images`), `method.loss`, backward, Adam;
+- a training step: a batch of random `--size` crops (`CropView.train_images`) through the harness's step
+  (`Trainer.update` with `method.loss`, on the model laid out as `fast_model` lays it out, Adam fused as `fast_path` says);
 - scoring: every crop at `--stride` of each image (`CropView.test_images`), through the model without gradients and
   inside `method.predicting` as `predict` runs it (since 2026-11-28: the class phrases' text features once per call),
   `--crops` crops per forward (`predict` reads a test batch 256 views at a time; until 2026-11-28 a test batch held
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from bench_ipiqa import timed
-from ipiqa.training import TrainConfig, autocast, get_method
+from ipiqa.training import TrainConfig, Trainer, autocast, fast_model, fast_path, get_method
 from ipiqa.views import crop_positions
 
 
@@ -35,9 +36,8 @@ def main(a):
                       test_stride=a.stride, batch_size=a.batch_size).resolved()
     method = get_method('clip-agiqa'); view = method.view(cfg)
     torch.manual_seed(0)
-    model = method.build(cfg, 2).to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=cfg.lr, fused=device.type == 'cuda')
+    model = fast_model(method.build(cfg, 2).to(device), cfg, device, method)
+    trainer = Trainer(model, method.loss, cfg.lr, device, a.amp, fused=fast_path(cfg, device)['fused_adam'])
     n_crops = len(crop_positions(a.image, a.image, a.size, a.stride))
     per_forward = [max(1, c // n_crops) for c in a.crops]
     images = torch.randint(0, 256, (max(a.batch_size, *per_forward), 3, a.image, a.image), dtype=torch.uint8, device=device)
@@ -46,11 +46,8 @@ def main(a):
     targets = torch.rand(a.batch_size, 2, device=device) * 5
 
     def train_step():
-        model.train()
-        b = dict(images=view.train_images(images, rows, g), tokens=model.tokenize(['']).to(device).expand(a.batch_size, -1),
-                 prompt_index=torch.arange(a.batch_size, device=device), targets=targets)
-        with autocast(device, a.amp): loss = method.loss(model, b)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        trainer.update(dict(images=view.train_images(images, rows, g), tokens=model.tokenize(['']).to(device).expand(a.batch_size, -1),
+                            prompt_index=torch.arange(a.batch_size, device=device), targets=targets))
 
     def scorer(k):
         def score():
@@ -61,7 +58,7 @@ def main(a):
         return score
 
     print(f"# CLIP-AGIQA, {cfg.arch} (random init) on {device}{' bf16' if a.amp else ' fp32'}: {a.size} px crops of {a.image} px images, "
-          f"{n_crops} test crops per image at stride {a.stride}; {sum(p.numel() for p in trainable):,} trainable parameters")
+          f"{n_crops} test crops per image at stride {a.stride}; {sum(p.numel() for p in trainer.params):,} trainable parameters")
     t = timed([train_step], device, a.repeat, a.warmup)[:, 0]
     print(f"training step, batch {a.batch_size}: {np.median(t) * 1e3:.1f} ms ({a.batch_size / np.median(t):.0f} images/s)")
     def text_side():

@@ -17,11 +17,9 @@
 # 2. The scorer (`python -m ipiqa.scoring score`) on the fp32 run's models: all 3,000 toy images, every crop of each.
 # On an H200 (2026-11-28) 1 took 72 + 68 s (fp32, bf16) and the scorer 165 s (before it batched 32 images, not 32 crops).
 set -u
+. "$(dirname "$0")/gpu_common.sh"
 res=${1:-outputs/gpu_clip_agiqa}; run=${RUN_DIR:-/tmp/gpu_clip_agiqa_run}
-mkdir -p "$res"; rm -rf "$run"
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch, open_clip; print('torch', torch.__version__, '| open_clip', open_clip.__version__)"; } | tee "$res/machine.txt"
+gpu_setup "$res" "$run"
 
 loop() {  # loop NAME OPTIONS...: one run of the training loop into $run/NAME, its log and projection into $res
   local name=$1; shift; local start; start=$(date +%s.%N)
@@ -29,10 +27,8 @@ loop() {  # loop NAME OPTIONS...: one run of the training loop into $run/NAME, i
       --image_size "${SIZE:-224}" --resize "${RESIZE:-512}" --test_stride "${STRIDE:-64}" --batch_size 64 --lr 1e-4 --epochs "${EPOCHS:-3}" --n_splits "${SPLITS:-2}" \
       --out_dir "$run/$name" "$@" > "$res/$name.log" 2>&1
   local rc=$?; tail -n 3 "$res/$name.log"
-  echo "$name: exit $rc | wall $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s" | tee -a "$res/$name.log"
-  mkdir -p "$run/$name"
-  for d in "$run/$name"/split*/; do echo "$(basename "$d") $(stat -c %.3Y "$d/metrics.csv" 2>/dev/null)"; done > "$run/$name/finished.txt"
-  echo "start $start" >> "$run/$name/finished.txt"
+  echo "$name: exit $rc | wall $(seconds_since "$start") s" | tee -a "$res/$name.log"
+  mark_finished "$run/$name" "$start"
   for d in "$run/$name"/split*/; do echo "$(basename "$d"): $(tr '\n' ' ' < "$d/history.csv")"; done | tee -a "$res/$name.log"
   python3 benchmarks/project_protocol.py "$run/$name" --processes 1 --epochs 50 2>&1 | tee "$res/$name.projection.txt"
 }
@@ -41,8 +37,5 @@ loop fp32 --amp False
 loop bf16 --amp True
 [ "${COMPILE:-0}" = 1 ] && loop bf16_compiled --amp True --torch_compile True
 
-start=$(date +%s.%N)
-python3 -m ipiqa.scoring score --model "$run/fp32" data/toy3k-v1/images --prompts data/toy3k-v1/data.csv > "$res/scores.csv" 2> "$res/score.log"
-echo "scorer exit $? | $(($(wc -l < "$res/scores.csv") - 1)) rows | wall $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s" | tee -a "$res/score.log"
-tail -n 3 "$res/score.log"
+score_run "$run/fp32" "$res"
 tar -czf "$res/runs.tgz" --exclude='*.pt' -C "$(dirname "$run")" "$(basename "$run")"
