@@ -44,15 +44,16 @@ def fusion_method(fusion, row=ABLATION_ROWS[-1]):
     return f"{ablation_method(*row)} + fusion={fusion}"
 
 def run_ablation(cfg: TrainConfig, ds: AGIQASet, out_dir, image_encoder_ckpt=None, rows=ABLATION_ROWS, splits=None, fusions=()):
-    "Cross-validate every row of `rows` (and full IP-IQA with each of `fusions`) on the same splits; one long results table."
+    "Cross-validate every row of `rows` (and full IP-IQA with each of `fusions`) on the same splits; one long results table (every row's test predictions in `out_dir/predictions.csv`)."
     cfg, out_dir = cfg.resolved(), Path(out_dir)
     splits = make_splits(cfg, ds) if splits is None else splits
     atomic_write_csv(splits, out_dir/'splits.csv')
     runs = [(ablation_config(cfg, *r, image_encoder_ckpt), row_folder(*r), ablation_method(*r)) for r in rows]
     runs += [(dataclasses.replace(ablation_config(cfg, *ABLATION_ROWS[-1], image_encoder_ckpt), fusion=f),
               f"{row_folder(*ABLATION_ROWS[-1])}_fusion_{f}", fusion_method(f)) for f in fusions]
-    res = []
+    res, preds = [], []
     for run_cfg, folder, method in tqdm(runs, desc='Table 3 rows'):
         cv = cross_validate(run_cfg, ds, out_dir/folder, splits=splits)
-        res.append(results_from_cv(cv.metrics, method, cfg.dataset))
+        res.append(results_from_cv(cv.metrics, method, cfg.dataset)); preds.append(cv.predictions.assign(method=method))
+    atomic_write_csv(pd.concat(preds, ignore_index=True), out_dir/'predictions.csv')
     return pd.concat(res, ignore_index=True)

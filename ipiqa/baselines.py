@@ -14,18 +14,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .data import AGIQASet, atomic_write, atomic_write_csv, dataset_images, split_indices
-from .metrics import METRICS, iqa_metrics
+from .data import AGIQASet, atomic_write, atomic_write_csv, dataset_images, generator_of, split_indices
+from .metrics import METRICS, iqa_metrics, srcc, within_group_srcc
 from .model import ImageTower, clip_normalize, encode_text, truncate_tokens
 from .training import IPIQAMethod, Method, init_head_bias, register_method
 
 # %% auto #0
 __all__ = ['CLIPIQA_PROMPTS', 'ZERO_SHOT', 'RESULT_COLUMNS', 'RESULT_KEY', 'PAPER_RESULTS', 'PAPER_NAMES', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'RANDOM', 'clip_image_features', 'clip_text_features', 'cosine', 'clipscore', 'clipiqa',
-           'clipiqa_scores', 'zero_shot_scores', 'check_results', 'split_results', 'results_from_cv', 'read_results',
-           'write_results', 'append_results', 'ablation_method', 'load_paper_results', 'results_table',
-           'compare_with_paper', 'plot_results', 'ResNetIQA', 'load_resnet_weights', 'resolve_resnet_weights',
-           'ResNetMethod', 'resnet_method', 'clip_method']
+           'clipiqa_scores', 'zero_shot_scores', 'check_results', 'split_predictions', 'split_results',
+           'results_from_cv', 'within_generator_srcc', 'read_results', 'write_results', 'append_results',
+           'ablation_method', 'load_paper_results', 'results_table', 'compare_with_paper', 'plot_results', 'ResNetIQA',
+           'load_resnet_weights', 'resolve_resnet_weights', 'ResNetMethod', 'resnet_method', 'clip_method']
 
 # %% ../nbs/01e_baselines.ipynb #a1545af5
 def _device(module): return next(module.parameters()).device
@@ -107,18 +107,24 @@ def check_results(df):
     return df.assign(value=val.astype(float))
 
 # %% ../nbs/01e_baselines.ipynb #f6707f84
-def split_results(scores, ds: AGIQASet, splits, dataset=None, part='test'):
-    "Long results of each score column of `scores` (`name` + one column per method) on `part` of every split."
+def split_predictions(scores, ds: AGIQASet, splits, part='test'):
+    "Long predictions of each score column of `scores` (`name` + one column per method) on `part` of every split: a trained run's `predictions.csv` columns with `method` first."
     s = scores.set_index('name')
     missing = set(ds.table['name']) - set(s.index)
     if missing: raise ValueError(f"{len(missing)} images of {ds.name} have no score; first: {sorted(missing)[:3]}")
-    s, rows = s.loc[ds.table['name']], []
+    s, parts = s.loc[ds.table['name']], []
     for split in sorted(splits['split'].unique()):
         idx = split_indices(splits, ds.table, split, part)
-        for method in s.columns:
-            for t in ds.targets:
-                m = iqa_metrics(s[method].to_numpy()[idx], ds.table[t].to_numpy()[idx])
-                rows += [[method, dataset or ds.name, t, split, k, v] for k, v in m.items()]
+        tbl = ds.table.iloc[idx]
+        parts += [pd.DataFrame(dict(method=method, split=split, name=tbl['name'].to_numpy(), prompt=tbl['prompt'].to_numpy(), target=t,
+                                    mos=tbl[t].to_numpy(), pred=s[method].to_numpy()[idx])) for method in s.columns for t in ds.targets]
+    return pd.concat(parts, ignore_index=True)
+
+def split_results(scores, ds: AGIQASet, splits, dataset=None, part='test'):
+    "Long results of each score column of `scores` (`name` + one column per method) on `part` of every split."
+    p = split_predictions(scores, ds, splits, part)
+    rows = [[method, dataset or ds.name, t, split, k, v] for (method, t, split), g in p.groupby(['method', 'target', 'split'], sort=False)
+            for k, v in iqa_metrics(g['pred'], g['mos']).items()]
     return check_results(pd.DataFrame(rows, columns=RESULT_COLUMNS))
 
 def results_from_cv(metrics, method, dataset):
@@ -126,6 +132,12 @@ def results_from_cv(metrics, method, dataset):
     if 'selection' in metrics and (metrics['selection'] == 'best_on_test').any(): method = f'{method} [best_on_test]'
     long = metrics.melt(id_vars=['split', 'target'], value_vars=[m for m in METRICS if m in metrics], var_name='metric')
     return check_results(long.assign(method=method, dataset=dataset)[RESULT_COLUMNS])
+
+# %% ../nbs/01e_baselines.ipynb #2e2790d4
+def within_generator_srcc(predictions, by=('method', 'target', 'split')):
+    "Per `by` group of long `predictions` (`name`, `pred`, `mos`): SRCC over its images and mean SRCC within each generator's (`within_group_srcc`)."
+    return pd.DataFrame([dict(zip(by, k), srcc=srcc(g['pred'], g['mos']), srcc_within_generator=within_group_srcc(g['pred'], g['mos'], generator_of(g['name'])))
+                         for k, g in predictions.groupby(list(by), sort=False)])
 
 # %% ../nbs/01e_baselines.ipynb #18e510e3
 def read_results(path):

@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 # %% auto #0
-__all__ = ['METRICS', 'logistic4', 'fit_logistic4', 'srcc', 'iqa_metrics', 'summarize', 'summary_table']
+__all__ = ['METRICS', 'logistic4', 'fit_logistic4', 'srcc', 'iqa_metrics', 'summarize', 'summary_table', 'within_group_srcc']
 
 # %% ../nbs/01b_metrics.ipynb #bf353045
 def logistic4(x, b1, b2, b3, b4):
@@ -62,3 +62,13 @@ def summary_table(summary, fmt='{:.4f} ± {:.4f}'):
     s = summary.assign(value=[fmt.format(m, 0 if pd.isna(sd) else sd) for m, sd in zip(summary['mean'], summary['std'])])
     idx = [c for c in summary.columns if c not in ('metric', 'mean', 'std', 'n_splits', 'value')]
     return s.pivot(index=idx, columns='metric', values='value')[[m for m in METRICS if m in set(summary.metric)]]
+
+# %% ../nbs/01b_metrics.ipynb #f177bae0
+def within_group_srcc(pred, mos, groups, min_size=3):
+    "Mean over the groups of `groups` of the SRCC inside each (groups of fewer than `min_size` rows left out): how well `pred` ranks what the grouping alone does not explain."
+    pred, mos = _paired(pred, mos)
+    groups = np.asarray(groups)
+    if len(groups) != len(pred): raise ValueError(f"need one group per prediction, got {len(groups)} groups for {len(pred)} predictions")
+    per_group = [srcc(pred[groups == g], mos[groups == g]) for g in pd.unique(groups) if (groups == g).sum() >= max(min_size, 3)]
+    if not per_group: raise ValueError(f"no group has ≥ {max(min_size, 3)} rows (group sizes: {pd.Series(groups).value_counts().tolist()[:5]})")
+    return float(np.mean(per_group))

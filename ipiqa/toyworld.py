@@ -278,7 +278,8 @@ def eta_squared(values, groups):
 def agiqa_statistics(table, generator=None):
     "Spearman(quality, alignment), and the share of each MOS's variance explained by the generator and by the prompt."
     from scipy.stats import spearmanr
-    gen = table['name'].str.split('_').str[0] if generator is None else generator
+    from ipiqa.data import generator_of
+    gen = generator_of(table['name']) if generator is None else generator
     return {'spearman(quality, align)': spearmanr(table['mos_quality'], table['mos_align'])[0],
             'generator η² quality': eta_squared(table['mos_quality'], gen), 'generator η² align': eta_squared(table['mos_align'], gen),
             'prompt η² align': eta_squared(table['mos_align'], table['prompt'])}
@@ -287,13 +288,17 @@ REAL_AGIQA3K_STATISTICS = {'spearman(quality, align)': 0.74, 'generator η² qua
 
 # %% ../nbs/00a_toyworld.ipynb #b2c1d8e3
 def alignment_oracles(plan):
-    "Alignment SRCC of three oracles on `plan` (`toy_agiqa_plan` rows): the generator's mean; a least-squares fit on the true generator and degradation strength (facts about the image, not its prompt); the raters' noise-free score."
-    from ipiqa.metrics import srcc
+    "Alignment SRCC of four oracles on `plan` (`toy_agiqa_plan` rows), over all images and within a generator: the generator's mean; least-squares fits on facts about the image, never its prompt (the generator and its damage, then also how many object groups it shows, its style and background); the raters' noise-free score."
+    from ipiqa.metrics import srcc, within_group_srcc
     t = pd.DataFrame(plan)
-    X = pd.get_dummies(t['generator']).astype(float).assign(strength=t['strength']).to_numpy()
-    y = t['mos_align'].to_numpy(float)
-    return {'generator': srcc(t.groupby('generator')['mos_align'].transform('mean'), y),
-            'generator + damage': srcc(X @ np.linalg.lstsq(X, y, rcond=None)[0], y), 'noise-free raters': srcc(t['align_noise_free'], y)}
+    y, gen = t['mos_align'].to_numpy(float), t['generator'].to_numpy()
+    def fit(X): X = X.astype(float).to_numpy(); return X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    damage = pd.get_dummies(t['generator']).assign(strength=t['strength'])
+    shows = pd.get_dummies(pd.DataFrame(dict(groups=[str(len(s.groups)) for s in t['shown']], style=[s.style for s in t['shown']],
+                                             background=[s.background for s in t['shown']])))
+    preds = {'generator': t.groupby('generator')['mos_align'].transform('mean').to_numpy(), 'generator + damage': fit(damage),
+             'generator + damage + what it shows': fit(pd.concat([damage, shows], axis=1)), 'noise-free raters': t['align_noise_free'].to_numpy()}
+    return pd.DataFrame({k: {'all images': srcc(p, y), 'within a generator': within_group_srcc(p, y, gen)} for k, p in preds.items()}).T
 
 # %% ../nbs/00a_toyworld.ipynb #668b4fc9
 def make_toy_agiqa(out_dir, n_prompts=300, size=64, seed=0, generators=TOY_GENERATORS):
