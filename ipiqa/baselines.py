@@ -23,9 +23,10 @@ from .training import IPIQAMethod, Method, init_head_bias, register_method
 __all__ = ['CLIPIQA_PROMPTS', 'ZERO_SHOT', 'RESULT_COLUMNS', 'RESULT_KEY', 'PAPER_RESULTS', 'PAPER_NAMES', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'RANDOM', 'clip_image_features', 'clip_text_features', 'cosine', 'clipscore', 'clipiqa',
            'clipiqa_scores', 'zero_shot_scores', 'check_results', 'split_predictions', 'split_results',
-           'results_from_cv', 'within_generator_srcc', 'read_results', 'write_results', 'append_results',
-           'ablation_method', 'load_paper_results', 'results_table', 'compare_with_paper', 'plot_results', 'ResNetIQA',
-           'load_resnet_weights', 'resolve_resnet_weights', 'ResNetMethod', 'resnet_method', 'clip_method']
+           'results_from_cv', 'within_generator_srcc', 'named_generators', 'plot_within_generator', 'read_results',
+           'write_results', 'append_results', 'ablation_method', 'load_paper_results', 'results_table',
+           'compare_with_paper', 'plot_results', 'ResNetIQA', 'load_resnet_weights', 'resolve_resnet_weights',
+           'ResNetMethod', 'resnet_method', 'clip_method']
 
 # %% ../nbs/01e_baselines.ipynb #a1545af5
 def _device(module): return next(module.parameters()).device
@@ -138,6 +139,21 @@ def within_generator_srcc(predictions, by=('method', 'target', 'split')):
     "Per `by` group of long `predictions` (`name`, `pred`, `mos`): SRCC over its images and mean SRCC within each generator's (`within_group_srcc`)."
     return pd.DataFrame([dict(zip(by, k), srcc=srcc(g['pred'], g['mos']), srcc_within_generator=within_group_srcc(g['pred'], g['mos'], generator_of(g['name'])))
                          for k, g in predictions.groupby(list(by), sort=False)])
+
+def named_generators(names, min_size=3):
+    "The generators that the file names `names` name (`generator_of`) with at least `min_size` images each, and their counts."
+    n = pd.Series(generator_of(names)).value_counts()
+    return n[n >= min_size]
+
+def plot_within_generator(within, path=None, title=None):
+    "Seaborn bars of `within_generator_srcc` results: each method's SRCC over all test images and inside one generator's (mean ± sd over splits), a panel per target."
+    import seaborn as sns
+    long = within.melt(id_vars=[c for c in within.columns if c not in ('srcc', 'srcc_within_generator')], var_name='over', value_name='SRCC')
+    long['over'] = long['over'].map({'srcc': 'all test images', 'srcc_within_generator': 'within a generator'})
+    g = sns.catplot(data=long, y='method', x='SRCC', hue='over', col='target', kind='bar', errorbar='sd', height=3.2, aspect=1.4)
+    if title: g.figure.suptitle(title, y=1.04)
+    if path: g.figure.savefig(path, dpi=110, bbox_inches='tight')
+    return g
 
 # %% ../nbs/01e_baselines.ipynb #18e510e3
 def read_results(path):
