@@ -23,10 +23,10 @@ from .training import IPIQAMethod, Method, init_head_bias, register_method
 __all__ = ['CLIPIQA_PROMPTS', 'ZERO_SHOT', 'RESULT_COLUMNS', 'RESULT_KEY', 'PAPER_RESULTS', 'PAPER_NAMES', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'RANDOM', 'clip_image_features', 'clip_text_features', 'cosine', 'clipscore', 'clipiqa',
            'clipiqa_scores', 'zero_shot_scores', 'check_results', 'split_predictions', 'split_results',
-           'results_from_cv', 'within_generator_srcc', 'named_generators', 'plot_within_generator', 'read_results',
-           'write_results', 'append_results', 'ablation_method', 'load_paper_results', 'results_table',
-           'compare_with_paper', 'plot_results', 'ResNetIQA', 'load_resnet_weights', 'resolve_resnet_weights',
-           'ResNetMethod', 'resnet_method', 'clip_method']
+           'results_from_cv', 'within_generator_srcc', 'named_generators', 'plot_within_generator',
+           'within_generator_report', 'read_results', 'write_results', 'append_results', 'ablation_method',
+           'load_paper_results', 'results_table', 'compare_with_paper', 'plot_results', 'ResNetIQA',
+           'load_resnet_weights', 'resolve_resnet_weights', 'ResNetMethod', 'resnet_method', 'clip_method']
 
 # %% ../nbs/01e_baselines.ipynb #a1545af5
 def _device(module): return next(module.parameters()).device
@@ -154,6 +154,18 @@ def plot_within_generator(within, path=None, title=None):
     if title: g.figure.suptitle(title, y=1.04)
     if path: g.figure.savefig(path, dpi=110, bbox_inches='tight')
     return g
+
+def within_generator_report(predictions, names, out_dir=None, title=None):
+    "`within_generator_srcc` of long `predictions`: mean and sd over splits per (target, method), bars beside; both written to `out_dir`. None where the dataset's file names `names` name fewer than two generators."
+    gens = named_generators(names)
+    if len(gens) < 2:
+        print(f"the file names name {len(gens)} generator(s) with 3 or more images: nothing to compare within"); return None
+    within = within_generator_srcc(predictions)
+    if out_dir: atomic_write_csv(within, Path(out_dir)/'within_generator.csv')
+    plot_within_generator(within, out_dir and Path(out_dir)/'within_generator.png', title)
+    print(f"{len(gens)} generators: {gens.to_dict()}")
+    by_target = within.sort_values('target', kind='stable')   # one target's methods together, in their order
+    return by_target.groupby(['target', 'method'], sort=False)[['srcc', 'srcc_within_generator']].agg(['mean', 'std']).round(4)
 
 # %% ../nbs/01e_baselines.ipynb #18e510e3
 def read_results(path):
