@@ -51,6 +51,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ipiqa.baselines.clipiqa': ('baselines.html#clipiqa', 'ipiqa/baselines.py'),
                                  'ipiqa.baselines.clipiqa_scores': ('baselines.html#clipiqa_scores', 'ipiqa/baselines.py'),
                                  'ipiqa.baselines.clipscore': ('baselines.html#clipscore', 'ipiqa/baselines.py'),
+                                 'ipiqa.baselines.clipscore_scores': ('baselines.html#clipscore_scores', 'ipiqa/baselines.py'),
                                  'ipiqa.baselines.compare_with_paper': ('baselines.html#compare_with_paper', 'ipiqa/baselines.py'),
                                  'ipiqa.baselines.cosine': ('baselines.html#cosine', 'ipiqa/baselines.py'),
                                  'ipiqa.baselines.load_paper_results': ('baselines.html#load_paper_results', 'ipiqa/baselines.py'),

@@ -22,8 +22,8 @@ from .training import IPIQAMethod, Method, init_head_bias, register_method
 # %% auto #0
 __all__ = ['CLIPIQA_PROMPTS', 'ZERO_SHOT', 'RESULT_COLUMNS', 'RESULT_KEY', 'PAPER_RESULTS', 'PAPER_NAMES', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'RANDOM', 'clip_image_features', 'clip_text_features', 'cosine', 'clipscore', 'clipiqa',
-           'clipiqa_scores', 'zero_shot_scores', 'check_results', 'split_predictions', 'split_results',
-           'results_from_cv', 'within_generator_srcc', 'named_generators', 'plot_within_generator',
+           'clipiqa_scores', 'clipscore_scores', 'zero_shot_scores', 'check_results', 'split_predictions',
+           'split_results', 'results_from_cv', 'within_generator_srcc', 'named_generators', 'plot_within_generator',
            'within_generator_report', 'read_results', 'write_results', 'append_results', 'ablation_method',
            'load_paper_results', 'results_table', 'compare_with_paper', 'plot_results', 'ResNetIQA',
            'load_resnet_weights', 'resolve_resnet_weights', 'ResNetMethod', 'resnet_method', 'clip_method']
@@ -80,14 +80,18 @@ def clipiqa_scores(ds: AGIQASet, clip, tokenizer, size=None, num_workers=4):
     img = clip_image_features(clip, dataset_images(ds, size or _native_size(clip), num_workers), pos_embed='none')
     return clipiqa(img, clip_text_features(clip, tokenizer, CLIPIQA_PROMPTS), clip.logit_scale.exp().item())
 
-def zero_shot_scores(ds: AGIQASet, clip, tokenizer, clipscore_size=None, clipiqa_size=None, prefix='', num_workers=4):
-    "A table: `name` and one column per method in `ZERO_SHOT`, one row per image of `ds` (in `ds.table` order)."
-    img = clip_image_features(clip, dataset_images(ds, clipscore_size or _native_size(clip), num_workers))
+def clipscore_scores(ds: AGIQASet, clip, tokenizer, size=None, prefix='', num_workers=4, w=100.0):
+    "CLIPScore (`w · max(cos, 0)`) of every image of `ds` with its prompt (in `ds.table` order) at `size` px (default: CLIP's native size); each distinct prompt encoded once."
+    img = clip_image_features(clip, dataset_images(ds, size or _native_size(clip), num_workers))
     prompts, idx = np.unique(ds.table['prompt'].to_numpy(str), return_inverse=True)
     txt = clip_text_features(clip, tokenizer, [f'{prefix} {p}'.strip() for p in prompts])[torch.as_tensor(idx.reshape(-1))]
+    return clipscore(img, txt, w)
+
+def zero_shot_scores(ds: AGIQASet, clip, tokenizer, clipscore_size=None, clipiqa_size=None, prefix='', num_workers=4):
+    "A table: `name` and one column per method in `ZERO_SHOT`, one row per image of `ds` (in `ds.table` order)."
+    cs = clipscore_scores(ds, clip, tokenizer, clipscore_size, prefix, num_workers)
     p = clipiqa_scores(ds, clip, tokenizer, clipiqa_size, num_workers)
-    return pd.DataFrame({'name': ds.table['name'].to_numpy(), ZERO_SHOT[0]: clipscore(img, txt).numpy(),
-                         ZERO_SHOT[1]: clipscore(img, txt, w=2.5).numpy(), ZERO_SHOT[2]: p.numpy()})
+    return pd.DataFrame({'name': ds.table['name'].to_numpy(), ZERO_SHOT[0]: cs.numpy(), ZERO_SHOT[1]: (cs * 2.5 / 100).numpy(), ZERO_SHOT[2]: p.numpy()})
 
 # %% ../nbs/01e_baselines.ipynb #5e42b97d
 RESULT_COLUMNS = ['method', 'dataset', 'target', 'split', 'metric', 'value']
