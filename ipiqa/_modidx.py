@@ -376,6 +376,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ipiqa.toyworld.agiqa_statistics': ('toyworld.html#agiqa_statistics', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.alignment_oracles': ('toyworld.html#alignment_oracles', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.captioned_corpus': ('toyworld.html#captioned_corpus', 'ipiqa/toyworld.py'),
+                                'ipiqa.toyworld.damage_visibility': ('toyworld.html#damage_visibility', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.degrade': ('toyworld.html#degrade', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.draw_scene': ('toyworld.html#draw_scene', 'ipiqa/toyworld.py'),
                                 'ipiqa.toyworld.eta_squared': ('toyworld.html#eta_squared', 'ipiqa/toyworld.py'),

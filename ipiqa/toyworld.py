@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw, ImageFilter
 __all__ = ['COLORS', 'SHAPES', 'COUNTS', 'SIZES', 'POSITIONS', 'BACKGROUNDS', 'STYLES', 'DEGRADATIONS', 'CLASHES',
            'QUALITY_WORDS', 'CAPTIONS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION',
            'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade',
-           'quality_clause', 'web_caption', 'style_shares', 'captioned_corpus', 'ToyGenerator', 'render_attempt',
-           'generator_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics', 'alignment_oracles',
-           'make_toy_agiqa', 'plot_toy_prompt']
+           'damage_visibility', 'quality_clause', 'web_caption', 'style_shares', 'captioned_corpus', 'ToyGenerator',
+           'render_attempt', 'generator_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics',
+           'alignment_oracles', 'make_toy_agiqa', 'plot_toy_prompt']
 
 # %% ../nbs/00a_toyworld.ipynb #7ce57964
 COLORS = dict(red=(215, 35, 35), green=(40, 170, 50), blue=(40, 70, 225), yellow=(240, 215, 40),
@@ -158,6 +158,17 @@ def degrade(img, kind, strength, rng):
     else: raise ValueError(f"unknown degradation {kind!r}; expected one of {DEGRADATIONS}")
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
+# %% ../nbs/00a_toyworld.ipynb #6d541bef
+def damage_visibility(n_scenes=24, size=64, strengths=(0.1, 0.3, 0.5, 0.7, 0.9), seed=0):
+    "Mean absolute pixel change (0-255) that each of `DEGRADATIONS` makes to `n_scenes` random scenes drawn at `size`, per strength: a long table (degradation, strength, pixel change)."
+    rng, rows = np.random.default_rng(seed), []
+    for i in range(n_scenes):
+        clean = draw_scene(random_scene(rng), size, rng)[0]
+        a = np.asarray(clean).astype(float)
+        rows += [dict(degradation=k, strength=s, pixel_change=float(np.abs(np.asarray(degrade(clean, k, s, np.random.default_rng([seed, i]))).astype(float) - a).mean()))
+                 for k in DEGRADATIONS for s in strengths]
+    return pd.DataFrame(rows)
+
 # %% ../nbs/00a_toyworld.ipynb #4aa92edd
 QUALITY_WORDS = dict(blur='blurry', noise='noisy', contrast='washed out', jpeg='blocky', pixelate='pixelated')
 
@@ -250,8 +261,10 @@ def generator_attempt(g: ToyGenerator, prompt: Scene, rng, effort=0.10, weights=
     shown, frac = render_attempt(prompt, float(np.clip(g.fidelity + effort * e, 0.02, 1)), rng, weights)
     return shown, frac, float(np.clip(g.strength - 1.5 * effort * e + rng.normal(0, 0.13), 0, 1))
 
-def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10, halo=0.1, weights=None):
-    "The rows of a toy AGIQA set before drawing: prompt scene, what each image shows, its degradation, both MOS (raters weigh the prompt's elements by `weights`; the images do not depend on them)."
+def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10, halo=0.1, weights=None, degradations=DEGRADATIONS):
+    "The rows of a toy AGIQA set before drawing: prompt scene, what each image shows, its degradation (one of `degradations`), both MOS (raters weigh the prompt's elements by `weights`; the images do not depend on them)."
+    bad = [d for d in degradations if d not in DEGRADATIONS]
+    if bad or not degradations: raise ValueError(f"degradations must be some of {DEGRADATIONS}, not {tuple(degradations)}")
     rng, rows, seen = np.random.default_rng(seed), [], set()
     prompts = []
     while len(prompts) < n_prompts:
@@ -263,7 +276,7 @@ def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10
                 shown, frac, strength = generator_attempt(g, sc, rng, effort, weights)
                 noise_free = 0.5 + 4.2 * ((1 - halo) * frac + halo * (1 - strength))   # what the raters would say without rater noise
                 rows.append(dict(name=f"{g.name}_{p:03d}_{k}.png", prompt=sc.caption(), scene=sc, shown=shown, generator=g.name,
-                                 degradation=str(rng.choice(DEGRADATIONS)), strength=round(strength, 4),
+                                 degradation=str(rng.choice(degradations)), strength=round(strength, 4),
                                  mos_quality=round(float(np.clip(5 - 4.2 * strength + rng.normal(0, 0.2), 0, 5)), 4),
                                  mos_align=round(float(np.clip(noise_free + rng.normal(0, 0.15), 0, 5)), 4),
                                  align_noise_free=round(float(noise_free), 4)))
@@ -301,12 +314,12 @@ def alignment_oracles(plan):
     return pd.DataFrame({k: {'all images': srcc(p, y), 'within a generator': within_group_srcc(p, y, gen)} for k, p in preds.items()}).T
 
 # %% ../nbs/00a_toyworld.ipynb #668b4fc9
-def make_toy_agiqa(out_dir, n_prompts=300, size=64, seed=0, generators=TOY_GENERATORS):
-    "Write a toy AGIQA set in the AGIQA-3k format (`data.csv`, `images/*.png`) to `out_dir`; return its path."
+def make_toy_agiqa(out_dir, n_prompts=300, size=64, seed=0, generators=TOY_GENERATORS, degradations=DEGRADATIONS):
+    "Write a toy AGIQA set in the AGIQA-3k format (`data.csv`, `images/*.png`) to `out_dir`, its images damaged by `degradations`; return its path."
     from ipiqa.data import atomic_write_csv
     from tqdm.auto import tqdm
     out_dir = Path(out_dir); (out_dir/'images').mkdir(parents=True, exist_ok=True)
-    plan = toy_agiqa_plan(n_prompts, generators, seed)
+    plan = toy_agiqa_plan(n_prompts, generators, seed, degradations=degradations)
     rng, rows = np.random.default_rng([seed, 1]), []
     for r in tqdm(plan, desc='drawing the toy AGIQA set', leave=False):
         img = degrade(draw_scene(r['shown'], size, rng)[0], r['degradation'], r['strength'], rng)
