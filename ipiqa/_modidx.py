@@ -66,6 +66,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ipiqa.baselines.results_table': ('baselines.html#results_table', 'ipiqa/baselines.py'),
                                  'ipiqa.baselines.split_predictions': ('baselines.html#split_predictions', 'ipiqa/baselines.py'),
                                  'ipiqa.baselines.split_results': ('baselines.html#split_results', 'ipiqa/baselines.py'),
+                                 'ipiqa.baselines.srcc_by_damage': ('baselines.html#srcc_by_damage', 'ipiqa/baselines.py'),
                                  'ipiqa.baselines.within_generator_report': ( 'baselines.html#within_generator_report',
                                                                               'ipiqa/baselines.py'),
                                  'ipiqa.baselines.within_generator_srcc': ('baselines.html#within_generator_srcc', 'ipiqa/baselines.py'),

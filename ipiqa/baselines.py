@@ -24,8 +24,8 @@ __all__ = ['CLIPIQA_PROMPTS', 'ZERO_SHOT', 'RESULT_COLUMNS', 'RESULT_KEY', 'PAPE
            'IMAGENET_STD', 'RANDOM', 'clip_image_features', 'clip_text_features', 'cosine', 'clipscore', 'clipiqa',
            'clipiqa_scores', 'clipscore_scores', 'zero_shot_scores', 'check_results', 'split_predictions',
            'split_results', 'results_from_cv', 'within_generator_srcc', 'named_generators', 'plot_within_generator',
-           'within_generator_report', 'read_results', 'write_results', 'append_results', 'ablation_method',
-           'load_paper_results', 'results_table', 'compare_with_paper', 'plot_results', 'ResNetIQA',
+           'within_generator_report', 'srcc_by_damage', 'read_results', 'write_results', 'append_results',
+           'ablation_method', 'load_paper_results', 'results_table', 'compare_with_paper', 'plot_results', 'ResNetIQA',
            'load_resnet_weights', 'resolve_resnet_weights', 'ResNetMethod', 'resnet_method', 'clip_method']
 
 # %% ../nbs/01e_baselines.ipynb #a1545af5
@@ -170,6 +170,17 @@ def within_generator_report(predictions, names, out_dir=None, title=None):
     print(f"{len(gens)} generators: {gens.to_dict()}")
     by_target = within.sort_values('target', kind='stable')   # one target's methods together, in their order
     return by_target.groupby(['target', 'method'], sort=False)[['srcc', 'srcc_within_generator']].agg(['mean', 'std']).round(4)
+
+# %% ../nbs/01e_baselines.ipynb #2fc9a3f2
+def srcc_by_damage(predictions, made, target='mos_quality'):
+    "Per method (rows) and kind of damage (columns): SRCC of `target` inside one generator's test images, mean over splits; `made` is a toy set's `data.csv` table, whose `degradation` column says how each image was damaged. None for a table without it; NaN where a split has no generator with 3 or more images of that kind."
+    if 'degradation' not in made: return None
+    damage = predictions['name'].map(made.drop_duplicates('name').set_index('name')['degradation'])
+    if damage.isna().any(): raise ValueError(f"{damage.isna().sum()} predicted image(s) not in the data.csv given, e.g. {predictions['name'][damage.isna()].iloc[0]!r}")
+    q = predictions.assign(damage=damage)[predictions['target'] == target]
+    rows = [dict(method=m, damage=k, split=s, srcc=within_group_srcc(g['pred'], g['mos'], generator_of(g['name'])) if len(named_generators(g['name'])) else np.nan)
+            for (m, k, s), g in q.groupby(['method', 'damage', 'split'], sort=False)]
+    return pd.DataFrame(rows).groupby(['method', 'damage'], sort=False)['srcc'].mean().unstack()
 
 # %% ../nbs/01e_baselines.ipynb #18e510e3
 def read_results(path):
