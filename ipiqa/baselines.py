@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .data import AGIQASet, atomic_write, atomic_write_csv, dataset_images, generator_of, split_indices
+from .data import AGIQASet, atomic_write, atomic_write_csv, dataset_images, generator_of, image_generators, split_indices
 from .metrics import METRICS, iqa_metrics, srcc, within_group_srcc
 from .model import ImageTower, clip_normalize, encode_text, truncate_tokens
 from .training import IPIQAMethod, Method, init_head_bias, register_method
@@ -23,7 +23,7 @@ from .training import IPIQAMethod, Method, init_head_bias, register_method
 __all__ = ['CLIPIQA_PROMPTS', 'ZERO_SHOT', 'RESULT_COLUMNS', 'RESULT_KEY', 'PAPER_RESULTS', 'PAPER_NAMES', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'RANDOM', 'clip_image_features', 'clip_text_features', 'cosine', 'clipscore', 'clipiqa',
            'clipiqa_scores', 'clipscore_scores', 'zero_shot_scores', 'check_results', 'split_predictions',
-           'split_results', 'results_from_cv', 'within_generator_srcc', 'named_generators', 'plot_within_generator',
+           'split_results', 'results_from_cv', 'within_generator_srcc', 'generator_counts', 'plot_within_generator',
            'within_generator_report', 'srcc_by_damage', 'read_results', 'write_results', 'append_results',
            'ablation_method', 'load_paper_results', 'results_table', 'compare_with_paper', 'plot_results', 'ResNetIQA',
            'load_resnet_weights', 'resolve_resnet_weights', 'ResNetMethod', 'resnet_method', 'clip_method']
@@ -139,14 +139,22 @@ def results_from_cv(metrics, method, dataset):
     return check_results(long.assign(method=method, dataset=dataset)[RESULT_COLUMNS])
 
 # %% ../nbs/01e_baselines.ipynb #2e2790d4
-def within_generator_srcc(predictions, by=('method', 'target', 'split')):
-    "Per `by` group of long `predictions` (`name`, `pred`, `mos`): SRCC over its images and mean SRCC within each generator's (`within_group_srcc`)."
-    return pd.DataFrame([dict(zip(by, k), srcc=srcc(g['pred'], g['mos']), srcc_within_generator=within_group_srcc(g['pred'], g['mos'], generator_of(g['name'])))
+def _generators_of(names, generators=None):
+    "The generator of each image named in `names`: looked up in `generators` (name -> generator, `image_generators`), or read from the names (`generator_of`)."
+    if generators is None: return generator_of(names)
+    gen = generators.reindex(pd.Index(names, dtype=str))
+    if gen.isna().any(): raise ValueError(f"{int(gen.isna().sum())} image(s) have no generator in the table given, e.g. {gen.index[gen.isna()][0]!r}")
+    return gen.to_numpy()
+
+def within_generator_srcc(predictions, by=('method', 'target', 'split'), generators=None):
+    "Per `by` group of long `predictions` (`name`, `pred`, `mos`): SRCC over its images and mean SRCC within each generator's (`within_group_srcc`); each image's generator from `generators` (name -> generator, `image_generators`), default read from its file name."
+    return pd.DataFrame([dict(zip(by, k), srcc=srcc(g['pred'], g['mos']),
+                              srcc_within_generator=within_group_srcc(g['pred'], g['mos'], _generators_of(g['name'], generators)))
                          for k, g in predictions.groupby(list(by), sort=False)])
 
-def named_generators(names, min_size=3):
-    "The generators that the file names `names` name (`generator_of`) with at least `min_size` images each, and their counts."
-    n = pd.Series(generator_of(names)).value_counts()
+def generator_counts(generators, min_size=3):
+    "How many images each generator in `generators` (one label per image) has, for those with at least `min_size`."
+    n = pd.Series(np.asarray(generators)).value_counts()
     return n[n >= min_size]
 
 def plot_within_generator(within, path=None, title=None):
@@ -159,12 +167,13 @@ def plot_within_generator(within, path=None, title=None):
     if path: g.figure.savefig(path, dpi=110, bbox_inches='tight')
     return g
 
-def within_generator_report(predictions, names, out_dir=None, title=None):
-    "`within_generator_srcc` of long `predictions`: mean and sd over splits per (target, method), bars beside; both written to `out_dir`. None where the dataset's file names `names` name fewer than two generators."
-    gens = named_generators(names)
+def within_generator_report(predictions, table, out_dir=None, title=None):
+    "`within_generator_srcc` of long `predictions`: mean and sd over splits per (target, method), bars beside; both written to `out_dir`. None where the dataset's `table` (`name`, maybe `generator`: `image_generators`) has fewer than two generators."
+    generators = image_generators(table)
+    gens = generator_counts(generators)
     if len(gens) < 2:
-        print(f"the file names name {len(gens)} generator(s) with 3 or more images: nothing to compare within"); return None
-    within = within_generator_srcc(predictions)
+        print(f"the dataset has {len(gens)} generator(s) with 3 or more images (by its `generator` column, else its file names): nothing to compare within"); return None
+    within = within_generator_srcc(predictions, generators=generators)
     if out_dir: atomic_write_csv(within, Path(out_dir)/'within_generator.csv')
     plot_within_generator(within, out_dir and Path(out_dir)/'within_generator.png', title)
     print(f"{len(gens)} generators: {gens.to_dict()}")
@@ -178,7 +187,7 @@ def srcc_by_damage(predictions, made, target='mos_quality'):
     damage = predictions['name'].map(made.drop_duplicates('name').set_index('name')['degradation'])
     if damage.isna().any(): raise ValueError(f"{damage.isna().sum()} predicted image(s) not in the data.csv given, e.g. {predictions['name'][damage.isna()].iloc[0]!r}")
     q = predictions.assign(damage=damage)[predictions['target'] == target]
-    rows = [dict(method=m, damage=k, split=s, srcc=within_group_srcc(g['pred'], g['mos'], generator_of(g['name'])) if len(named_generators(g['name'])) else np.nan)
+    rows = [dict(method=m, damage=k, split=s, srcc=within_group_srcc(g['pred'], g['mos'], generator_of(g['name'])) if len(generator_counts(generator_of(g['name']))) else np.nan)
             for (m, k, s), g in q.groupby(['method', 'damage', 'split'], sort=False)]
     return pd.DataFrame(rows).groupby(['method', 'damage'], sort=False)['srcc'].mean().unstack()
 

@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'AIGCIQA2023_GENERATORS', 'AIGCIQA2023_FILES', 'AIGCIQA2023_PROMPTS',
            'AIGCIQA2023_PER_PROMPT', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns', 'require_numeric',
-           'require_images', 'finish_set', 'read_agiqa3k', 'generator_of', 'agiqa1k_group', 'read_agiqa1k',
-           'aigciqa2023_layout', 'read_aigciqa2023', 'write_toy_aigciqa2023', 'atomic_write', 'atomic_write_csv',
-           'atomic_write_json', 'has_work', 'check_run_config', 'project_root', 'at_root', 'run_folder', 'ensure_toy',
-           'load_dataset', 'group_splits', 'split_indices', 'authors_splits', 'load_images', 'dataset_images',
-           'image_sizes', 'NativeImages', 'native_images']
+           'require_images', 'finish_set', 'read_agiqa3k', 'generator_of', 'image_generators', 'agiqa1k_group',
+           'read_agiqa1k', 'aigciqa2023_layout', 'read_aigciqa2023', 'write_toy_aigciqa2023', 'atomic_write',
+           'atomic_write_csv', 'atomic_write_json', 'has_work', 'check_run_config', 'project_root', 'at_root',
+           'run_folder', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices', 'authors_splits', 'load_images',
+           'dataset_images', 'image_sizes', 'NativeImages', 'native_images']
 
 # %% ../nbs/00_data.ipynb #10a0e1a6
 @dataclass
@@ -98,6 +98,11 @@ def read_agiqa3k(data_dir, image_dir=None, name='agiqa3k'):
 def generator_of(names):
     "The generator of each image, from its file name: the part before the first `_` (AGIQA-3k's and the toy set's naming)."
     return pd.Series(list(names), dtype=str).str.split('_').str[0].to_numpy()
+
+def image_generators(table):
+    "Each image's generator, indexed by its name: the table's own `generator` column where it has one (AIGCIQA2023, whose files are numbered), else read from the file name (`generator_of`)."
+    gen = table['generator'].astype(str).to_numpy() if 'generator' in table else generator_of(table['name'])
+    return pd.Series(gen, index=pd.Index(table['name'].astype(str), name='name'), name='generator')
 
 # %% ../nbs/00_data.ipynb #94e1820a
 AGIQA1K_FILE = 'AIGC_MOS_Zscore.xlsx'
