@@ -249,7 +249,7 @@ def make_head(kind, n_in, n_out):
     raise ValueError(f"head must be 'linear' or 'mlp', not {kind!r}")
 
 # %% ../nbs/01_model.ipynb #3c971921
-FUSIONS = ('paper', 'clip-residual')
+FUSIONS = ('paper', 'clip-residual', 'clip-residual-align')
 
 class IPIQA(nn.Module):
     "IP-IQA: image tower + attention pool, prompt [QA] feature + cross-modality attention pool, concat → head."
@@ -262,7 +262,7 @@ class IPIQA(nn.Module):
         self.text = PromptEncoder(clip, tokenizer, qa_token) if use_prompt else None
         self.cross_pool = CrossModalAttentionPool.from_clip(pool, image_size // 32, clip.text_projection.shape[1], cross_init) if use_prompt else None
         self.head = make_head(head, pool.c_proj.out_features * (2 if use_prompt else 1), n_outputs)
-        self.sim_weight = nn.Parameter(torch.zeros(n_outputs, pool.c_proj.out_features)) if use_prompt and fusion == 'clip-residual' else None
+        self.sim_weight = nn.Parameter(torch.zeros(n_outputs, pool.c_proj.out_features)) if use_prompt and fusion != 'paper' else None
         self.register_buffer('logit_scale', clip.logit_scale.detach().exp().clone())  # CLIP's own temperature (100 for OpenAI's)
 
     def tokenize(self, prompts): return self.text.tokenize(prompts) if self.text else torch.zeros(len(prompts), 1, dtype=torch.long)

@@ -23,13 +23,14 @@ from .model import batch_prompts, build_ipiqa
 from .views import ResizedView
 
 # %% auto #0
-__all__ = ['SELECT', 'SPLITS', 'RESUME_KEYS', 'METHODS', 'METHOD_MODULES', 'PRESETS', 'OPTIMIZERS', 'TrainConfig', 'config_from',
-           'Method', 'register_method', 'get_method', 'IPIQAMethod', 'resolve_device', 'autocast', 'seed_everything',
-           'IQADataset', 'collate_iqa', 'cache_on_device', 'ShardedBatches', 'IQAData', 'to_device', 'TeamModel',
-           'Trainer', 'mos_loss', 'predict', 'fast_path', 'fast_model', 'fast_data', 'init_head_bias', 'similarities',
-           'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc', 'StateSaver', 'fit', 'train_split',
-           'SplitTeam', 'split_teams', 'make_team', 'checkpoint', 'CVResult', 'make_splits', 'cv_ranks',
-           'cross_validate', 'plot_predictions', 'cli_parser', 'main', 'Trained', 'load_trained', 'score_images']
+__all__ = ['SELECT', 'SPLITS', 'RESUME_KEYS', 'METHODS', 'METHOD_MODULES', 'PRESETS', 'OPTIMIZERS', 'ALIGNMENT_TARGETS',
+           'TrainConfig', 'config_from', 'Method', 'register_method', 'get_method', 'IPIQAMethod', 'resolve_device',
+           'autocast', 'seed_everything', 'IQADataset', 'collate_iqa', 'cache_on_device', 'ShardedBatches', 'IQAData',
+           'to_device', 'TeamModel', 'Trainer', 'mos_loss', 'predict', 'fast_path', 'fast_model', 'fast_data',
+           'init_head_bias', 'similarities', 'start_from_targets', 'similarity_srcc', 'selection_part', 'mean_srcc',
+           'StateSaver', 'fit', 'train_split', 'SplitTeam', 'split_teams', 'make_team', 'checkpoint', 'CVResult',
+           'make_splits', 'cv_ranks', 'cross_validate', 'plot_predictions', 'cli_parser', 'main', 'Trained',
+           'load_trained', 'score_images']
 
 # %% ../nbs/01c_training.ipynb #4b7eaca9
 SELECT = ('last', 'val', 'best_on_test')
@@ -309,15 +310,23 @@ def similarities(model, data, rows, device='cpu', batch_size=256):
     return torch.cat([model.similarity(**{k: b[k] for k in ('images', 'tokens', 'prompt_index')}).double().cpu()
                       for b in map(lambda b: to_device(b, device), data.loader(rows, batch_size))])
 
+ALIGNMENT_TARGETS = ('mos_align',)   # the targets CLIPScore judges: `fusion='clip-residual-align'` starts only these at its line
+
 def start_from_targets(model, data, rows, device='cpu', batch_size=256):
-    "Start `model` at the training targets: the head's bias at their mean; `fusion='clip-residual'` at the fitted CLIPScore line."
+    "Start `model` at the training targets: the head's bias at their mean; `fusion='clip-residual'` every output at the fitted CLIPScore line, `'clip-residual-align'` only the alignment outputs (`ALIGNMENT_TARGETS`), the others as the paper's head."
     y = data.targets[rows].double()
-    if getattr(model, 'sim_weight', None) is None: return init_head_bias(model.head, y.mean(0))
+    init_head_bias(model.head, y.mean(0))
+    if getattr(model, 'sim_weight', None) is None: return
+    at_line = torch.tensor([model.fusion == 'clip-residual' or t in ALIGNMENT_TARGETS for t in data.ds.targets])
+    with torch.no_grad(): model.sim_weight.zero_()                                        # no similarity reading yet
+    if not at_line.any(): return
     s = similarities(model, data, rows, device, batch_size)
     line = torch.linalg.lstsq(torch.stack([s, torch.ones_like(s)], 1), y).solution      # per target: slope, intercept
+    last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
-        model.sim_weight.copy_(line[0][:, None].expand_as(model.sim_weight)); init_head_bias(model.head, line[1])  # reads slope·cos
-        [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].weight.zero_()     # the residual starts at 0
+        model.sim_weight[at_line] = line[0][at_line, None].to(model.sim_weight.dtype)      # reads slope·cos
+        last.bias[at_line] = line[1][at_line].to(last.bias.dtype); last.weight[at_line] = 0   # the residual starts at 0
+
 
 # %% ../nbs/01c_training.ipynb #f9d6fea9
 def similarity_srcc(model, data, rows, target=-1, device='cpu', batch_size=256):
