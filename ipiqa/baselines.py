@@ -182,13 +182,16 @@ def within_generator_report(predictions, table, out_dir=None, title=None):
 
 # %% ../nbs/01e_baselines.ipynb #2fc9a3f2
 def srcc_by_damage(predictions, made, target='mos_quality'):
-    "Per method (rows) and kind of damage (columns): SRCC of `target` inside one generator's test images, mean over splits; `made` is a toy set's `data.csv` table, whose `degradation` column says how each image was damaged. None for a table without it; NaN where a split has no generator with 3 or more images of that kind."
+    "Per method (rows) and kind of damage (columns): SRCC of `target` inside one generator's test images, mean over splits; `made` is a toy set's `data.csv` table, whose `degradation` column says how each image was damaged (and its generator, `image_generators`). None for a table without it; NaN where a split has no generator with 3 or more images of that kind."
     if 'degradation' not in made: return None
-    damage = predictions['name'].map(made.drop_duplicates('name').set_index('name')['degradation'])
+    made = made.drop_duplicates('name')
+    damage = predictions['name'].map(made.set_index('name')['degradation'])
     if damage.isna().any(): raise ValueError(f"{damage.isna().sum()} predicted image(s) not in the data.csv given, e.g. {predictions['name'][damage.isna()].iloc[0]!r}")
-    q = predictions.assign(damage=damage)[predictions['target'] == target]
-    rows = [dict(method=m, damage=k, split=s, srcc=within_group_srcc(g['pred'], g['mos'], generator_of(g['name'])) if len(generator_counts(generator_of(g['name']))) else np.nan)
-            for (m, k, s), g in q.groupby(['method', 'damage', 'split'], sort=False)]
+    q, generators = predictions.assign(damage=damage)[predictions['target'] == target], image_generators(made)
+    def within(g):
+        gen = _generators_of(g['name'], generators)
+        return within_group_srcc(g['pred'], g['mos'], gen) if len(generator_counts(gen)) else np.nan
+    rows = [dict(method=m, damage=k, split=s, srcc=within(g)) for (m, k, s), g in q.groupby(['method', 'damage', 'split'], sort=False)]
     return pd.DataFrame(rows).groupby(['method', 'damage'], sort=False)['srcc'].mean().unstack()
 
 # %% ../nbs/01e_baselines.ipynb #18e510e3

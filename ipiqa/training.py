@@ -327,7 +327,6 @@ def start_from_targets(model, data, rows, device='cpu', batch_size=256):
         model.sim_weight[at_line] = line[0][at_line, None].to(model.sim_weight.dtype)      # reads slope·cos
         last.bias[at_line] = line[1][at_line].to(last.bias.dtype); last.weight[at_line] = 0   # the residual starts at 0
 
-
 # %% ../nbs/01c_training.ipynb #f9d6fea9
 def similarity_srcc(model, data, rows, target=-1, device='cpu', batch_size=256):
     "SRCC of an IP-IQA model's image–prompt similarity (CLIPScore of its towers) with target `target` on `rows`."
