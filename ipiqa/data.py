@@ -4,9 +4,10 @@
 
 # %% ../nbs/00_data.ipynb #823bb2fb
 from __future__ import annotations
-import atexit, os, json, random, shutil, tempfile
+import atexit, os, json, platform, random, shutil, subprocess, tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,13 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'AIGCIQA2023_GENERATORS', 'AIGCIQA2023_FILES', 'AIGCIQA2023_PROMPTS',
-           'AIGCIQA2023_PER_PROMPT', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns', 'require_numeric',
-           'require_images', 'finish_set', 'read_agiqa3k', 'generator_of', 'image_generators', 'agiqa1k_group',
-           'read_agiqa1k', 'aigciqa2023_layout', 'read_aigciqa2023', 'write_toy_aigciqa2023', 'atomic_write',
-           'atomic_write_csv', 'atomic_write_json', 'has_work', 'check_run_config', 'project_root', 'at_root',
-           'run_folder', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices', 'authors_splits', 'load_images',
-           'dataset_images', 'image_sizes', 'NativeImages', 'native_images']
+           'AIGCIQA2023_PER_PROMPT', 'ENVIRONMENT_PACKAGES', 'DATASETS', 'AGIQASet', 'DatasetError', 'require_columns',
+           'require_numeric', 'require_images', 'finish_set', 'read_agiqa3k', 'generator_of', 'image_generators',
+           'agiqa1k_group', 'read_agiqa1k', 'aigciqa2023_layout', 'read_aigciqa2023', 'write_toy_aigciqa2023',
+           'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'has_work', 'check_run_config', 'project_root',
+           'at_root', 'run_folder', 'ipiqa_commit', 'run_environment', 'write_environment', 'mixed_environments',
+           'describe_environment', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices', 'authors_splits',
+           'load_images', 'dataset_images', 'image_sizes', 'NativeImages', 'native_images']
 
 # %% ../nbs/00_data.ipynb #10a0e1a6
 @dataclass
@@ -245,6 +247,51 @@ def run_folder(out_dir, default):
         atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # a test run leaves nothing behind
         return Path(tmp)
     return at_root(out_dir or Path('outputs')/default)
+
+# %% ../nbs/00_data.ipynb #64263b3d
+ENVIRONMENT_PACKAGES = ('ipiqa', 'torch', 'torchvision', 'open_clip_torch', 'numpy', 'scipy', 'pandas', 'pillow')
+
+def _version(package):
+    from importlib.metadata import PackageNotFoundError, version
+    try: return version(package)
+    except PackageNotFoundError: return None
+
+def ipiqa_commit():
+    "(commit, uncommitted changes?) of the ipiqa checkout this package runs from; (None, None) for an installed copy."
+    root = Path(__file__).resolve().parent.parent if '__file__' in globals() else project_root()
+    def git(*args):
+        try: return subprocess.run(['git', '-C', str(root), *args], capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError): return ''
+    if git('rev-parse', '--show-toplevel') != str(root): return None, None   # not a checkout, or one that merely encloses it
+    return git('rev-parse', 'HEAD') or None, bool(git('status', '--porcelain', '--untracked-files=no'))
+
+# %% ../nbs/00_data.ipynb #d3b1b2e0
+def run_environment(device=None):
+    "What a result was produced with besides its configuration: `ENVIRONMENT_PACKAGES`' versions, ipiqa's commit, Python, the machine, torch's threads, `device` (a torch device or its name) and the time (UTC)."
+    commit, dirty = ipiqa_commit()
+    dev = torch.device(device or 'cpu')
+    return dict(packages={p: _version(p) for p in ENVIRONMENT_PACKAGES}, commit=commit, uncommitted_changes=dirty,
+                python=platform.python_version(), machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+                torch_threads=torch.get_num_threads(), device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else str(dev),
+                utc=datetime.now(timezone.utc).isoformat(timespec='seconds'))
+
+def write_environment(folder, device=None):
+    "Write `run_environment(device)` to `folder/environment.json`."
+    return atomic_write_json(run_environment(device), Path(folder)/'environment.json')
+
+def mixed_environments(folders):
+    "Where the `environment.json` of `folders` disagree on a package version or the commit: {what: {folder name: value}}; empty if they agree (folders without the file are left out)."
+    envs = {Path(f).name: json.loads((Path(f)/'environment.json').read_text()) for f in folders if (Path(f)/'environment.json').is_file()}
+    def get(e, k): return e['packages'].get(k) if k != 'commit' else e.get('commit')
+    keys = sorted({p for e in envs.values() for p in e['packages']}) + ['commit']
+    return {k: {n: get(e, k) for n, e in envs.items()} for k in keys if len({get(e, k) for e in envs.values()}) > 1}
+
+def describe_environment(env):
+    "One line for a results table's caption: the main versions, the device and the commit."
+    p = env['packages']
+    commit = (env['commit'] or 'an installed copy')[:10] + (' with uncommitted changes' if env.get('uncommitted_changes') else '')
+    return (f"torch {p.get('torch')}, open_clip {p.get('open_clip_torch')}, numpy {p.get('numpy')}, Python {env['python']}; "
+            f"{env['device']}, {env['torch_threads']} threads; ipiqa {commit}; {env['utc']}")
 
 # %% ../nbs/00_data.ipynb #15881025
 DATASETS = ('toy', 'agiqa1k', 'agiqa3k', 'aigciqa2023')

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .data import atomic_write, atomic_write_csv, atomic_write_json, check_run_config, require_columns
+from .data import atomic_write, atomic_write_csv, atomic_write_json, check_run_config, require_columns, write_environment
 from .toyworld import DEGRADATIONS, TOY_GENERATORS, degrade, draw_scene, generator_attempt, random_scene
 from .model import ImageTower, clip_normalize, encode_text, load_clip, save_image_tower, truncate_tokens
 from .training import Trainer, autocast, resolve_device, seed_everything
@@ -504,6 +504,7 @@ def _finish_pretrain(tower, state, pairs, out_dir, arch, pretrained, rank):
         meta = dict(pretrained=str(pretrained), epochs=state['epoch'], steps=state['global_step'], pairs=str(pairs.out_dir), threshold=pairs.summary['threshold'])
         atomic_write(ckpt, lambda t: save_image_tower(tower, t, arch, **meta))
         atomic_write_csv(history, out_dir/'history.csv')
+        write_environment(out_dir, next(tower.parameters()).device)
         if len(history): plot_history(history, out_dir/'loss.png')
         import matplotlib.pyplot as plt; plt.close('all')
     barrier()

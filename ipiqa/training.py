@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import (AGIQASet, DATASETS, atomic_write, atomic_write_csv, check_run_config, authors_splits,
-                        group_splits, load_dataset, split_indices)
+                        group_splits, load_dataset, mixed_environments, split_indices, write_environment)
 from .metrics import iqa_metrics, srcc, summarize, summary_table
 from .model import batch_prompts, build_ipiqa
 from .views import ResizedView
@@ -450,6 +450,7 @@ def _finish_split(model, data, test_rows, split, epoch, cfg, sdir, history):
     atomic_write_csv(pd.DataFrame(history), sdir/'history.csv')
     atomic_write_csv(preds, sdir/'predictions.csv')
     _save(checkpoint(model, cfg, data.ds, epoch), sdir/'model.pt')
+    write_environment(sdir, resolve_device(cfg.device))
     atomic_write_csv(metrics, sdir/'metrics.csv')
     (sdir/'state.pt').unlink(missing_ok=True)
     return metrics, preds
@@ -503,6 +504,9 @@ def cross_validate(cfg: TrainConfig, ds: AGIQASet, out_dir, splits=None, data=No
     summary = summarize(metrics).assign(selection=cfg.select)
     if rank == 0:
         for df, name in ((metrics, 'metrics.csv'), (summary, 'summary.csv'), (preds, 'predictions.csv')): atomic_write_csv(df, out_dir/name)
+        if mixed := mixed_environments(sorted(out_dir.glob('split*'))):
+            warnings.warn(f"{out_dir}: its splits were trained with different software ({mixed}), as when a run is resumed after an upgrade; "
+                          "its figures may differ slightly from one made in a single environment (each split's environment.json)")
     return CVResult(metrics, summary, preds, splits, out_dir)
 
 # %% ../nbs/01c_training.ipynb #9652e780
