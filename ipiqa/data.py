@@ -248,7 +248,7 @@ def run_folder(out_dir, default):
         return Path(tmp)
     return at_root(out_dir or Path('outputs')/default)
 
-# %% ../nbs/00_data.ipynb #64263b3d
+# %% ../nbs/00_data.ipynb #e36714fb
 ENVIRONMENT_PACKAGES = ('ipiqa', 'torch', 'torchvision', 'open_clip_torch', 'numpy', 'scipy', 'pandas', 'pillow')
 
 def _version(package):
@@ -265,7 +265,7 @@ def ipiqa_commit():
     if git('rev-parse', '--show-toplevel') != str(root): return None, None   # not a checkout, or one that merely encloses it
     return git('rev-parse', 'HEAD') or None, bool(git('status', '--porcelain', '--untracked-files=no'))
 
-# %% ../nbs/00_data.ipynb #d3b1b2e0
+# %% ../nbs/00_data.ipynb #d894ac86
 def run_environment(device=None):
     "What a result was produced with besides its configuration: `ENVIRONMENT_PACKAGES`' versions, ipiqa's commit, Python, the machine, torch's threads, `device` (a torch device or its name) and the time (UTC)."
     commit, dirty = ipiqa_commit()
