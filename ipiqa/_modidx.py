@@ -148,6 +148,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ipiqa.data.ipiqa_commit': ('data.html#ipiqa_commit', 'ipiqa/data.py'),
                             'ipiqa.data.load_dataset': ('data.html#load_dataset', 'ipiqa/data.py'),
                             'ipiqa.data.load_images': ('data.html#load_images', 'ipiqa/data.py'),
+                            'ipiqa.data.made_with': ('data.html#made_with', 'ipiqa/data.py'),
                             'ipiqa.data.mixed_environments': ('data.html#mixed_environments', 'ipiqa/data.py'),
                             'ipiqa.data.native_images': ('data.html#native_images', 'ipiqa/data.py'),
                             'ipiqa.data.project_root': ('data.html#project_root', 'ipiqa/data.py'),

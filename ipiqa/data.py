@@ -24,8 +24,8 @@ __all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'AIGCIQA2023_GENERATORS', 'AIGCIQA
            'agiqa1k_group', 'read_agiqa1k', 'aigciqa2023_layout', 'read_aigciqa2023', 'write_toy_aigciqa2023',
            'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'has_work', 'check_run_config', 'project_root',
            'at_root', 'run_folder', 'ipiqa_commit', 'run_environment', 'write_environment', 'mixed_environments',
-           'describe_environment', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices', 'authors_splits',
-           'load_images', 'dataset_images', 'image_sizes', 'NativeImages', 'native_images']
+           'describe_environment', 'made_with', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices',
+           'authors_splits', 'load_images', 'dataset_images', 'image_sizes', 'NativeImages', 'native_images']
 
 # %% ../nbs/00_data.ipynb #10a0e1a6
 @dataclass
@@ -279,9 +279,10 @@ def write_environment(folder, device=None):
     "Write `run_environment(device)` to `folder/environment.json`."
     return atomic_write_json(run_environment(device), Path(folder)/'environment.json')
 
-def mixed_environments(folders):
-    "Where the `environment.json` of `folders` disagree on a package version or the commit: {what: {folder name: value}}; empty if they agree (folders without the file are left out)."
-    envs = {Path(f).name: json.loads((Path(f)/'environment.json').read_text()) for f in folders if (Path(f)/'environment.json').is_file()}
+def mixed_environments(folders, root=None):
+    "Where the `environment.json` of `folders` disagree on a package version or the commit: {what: {folder (its path under `root`, else its name): value}}; empty if they agree (folders without the file are left out)."
+    name = lambda f: Path(f).relative_to(root).as_posix() if root else Path(f).name
+    envs = {name(f): json.loads((Path(f)/'environment.json').read_text()) for f in folders if (Path(f)/'environment.json').is_file()}
     def get(e, k): return e['packages'].get(k) if k != 'commit' else e.get('commit')
     keys = sorted({p for e in envs.values() for p in e['packages']}) + ['commit']
     return {k: {n: get(e, k) for n, e in envs.items()} for k in keys if len({get(e, k) for e in envs.values()}) > 1}
@@ -292,6 +293,13 @@ def describe_environment(env):
     commit = (env['commit'] or 'an installed copy')[:10] + (' with uncommitted changes' if env.get('uncommitted_changes') else '')
     return (f"torch {p.get('torch')}, open_clip {p.get('open_clip_torch')}, numpy {p.get('numpy')}, Python {env['python']}; "
             f"{env['device']}, {env['torch_threads']} threads; ipiqa {commit}; {env['utc']}")
+
+def made_with(folder):
+    "One line on what produced the results under `folder`: `describe_environment` of its first `environment.json`, and what its parts disagree on (`mixed_environments`); None if it holds none."
+    files = sorted(Path(folder).glob('**/environment.json'))
+    if not files: return None
+    mixed = mixed_environments([f.parent for f in files], root=folder)
+    return describe_environment(json.loads(files[0].read_text())) + (f"; its parts disagree: {mixed}" if mixed else '')
 
 # %% ../nbs/00_data.ipynb #15881025
 DATASETS = ('toy', 'agiqa1k', 'agiqa3k', 'aigciqa2023')

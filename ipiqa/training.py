@@ -504,7 +504,7 @@ def cross_validate(cfg: TrainConfig, ds: AGIQASet, out_dir, splits=None, data=No
     summary = summarize(metrics).assign(selection=cfg.select)
     if rank == 0:
         for df, name in ((metrics, 'metrics.csv'), (summary, 'summary.csv'), (preds, 'predictions.csv')): atomic_write_csv(df, out_dir/name)
-        if mixed := mixed_environments(sorted(out_dir.glob('split*'))):
+        if mixed := mixed_environments(sorted(out_dir.glob('split*')), root=out_dir):
             warnings.warn(f"{out_dir}: its splits were trained with different software ({mixed}), as when a run is resumed after an upgrade; "
                           "its figures may differ slightly from one made in a single environment (each split's environment.json)")
     return CVResult(metrics, summary, preds, splits, out_dir)
