@@ -125,6 +125,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ipiqa.data._read_prompts': ('data.html#_read_prompts', 'ipiqa/data.py'),
                             'ipiqa.data._read_rgb': ('data.html#_read_rgb', 'ipiqa/data.py'),
                             'ipiqa.data._show': ('data.html#_show', 'ipiqa/data.py'),
+                            'ipiqa.data._software': ('data.html#_software', 'ipiqa/data.py'),
                             'ipiqa.data._umask': ('data.html#_umask', 'ipiqa/data.py'),
                             'ipiqa.data._unreadable': ('data.html#_unreadable', 'ipiqa/data.py'),
                             'ipiqa.data._version': ('data.html#_version', 'ipiqa/data.py'),

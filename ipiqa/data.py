@@ -275,14 +275,24 @@ def run_environment(device=None):
                 torch_threads=torch.get_num_threads(), device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else str(dev),
                 utc=datetime.now(timezone.utc).isoformat(timespec='seconds'))
 
-def write_environment(folder, device=None):
-    "Write `run_environment(device)` to `folder/environment.json`."
-    return atomic_write_json(run_environment(device), Path(folder)/'environment.json')
+def _software(env): return dict(env['packages'], commit=env.get('commit'))
+
+def write_environment(folder, device=None, resumed=False):
+    "Write `run_environment(device)` to `folder/environment.json`; `resumed`: the work there was begun earlier, so the record there of other software is kept, under `begun_with` (oldest first)."
+    path, env = Path(folder)/'environment.json', run_environment(device)
+    if resumed and path.is_file():
+        old = json.loads(path.read_text())
+        begun = old.pop('begun_with', []) + ([old] if _software(old) != _software(env) else [])
+        if begun: env['begun_with'] = begun
+    return atomic_write_json(env, path)
 
 def mixed_environments(folders, root=None):
-    "Where the `environment.json` of `folders` disagree on a package version or the commit: {what: {folder (its path under `root`, else its name): value}}; empty if they agree (folders without the file are left out)."
+    "Where the `environment.json` of `folders` (and what their resumed work was begun with) disagree on a package version or the commit: {what: {folder (its path under `root`, else its name): value}}; empty if they agree (folders without the file are left out)."
     name = lambda f: Path(f).relative_to(root).as_posix() if root else Path(f).name
-    envs = {name(f): json.loads((Path(f)/'environment.json').read_text()) for f in folders if (Path(f)/'environment.json').is_file()}
+    envs = {}
+    for f in (f for f in folders if (Path(f)/'environment.json').is_file()):
+        envs[name(f)] = e = json.loads((Path(f)/'environment.json').read_text())
+        for j, b in enumerate(e.get('begun_with', [])): envs[f"{name(f)} (begun with{f', {j + 1}' if j else ''})"] = b   # a resumed part
     def get(e, k): return e['packages'].get(k) if k != 'commit' else e.get('commit')
     keys = sorted({p for e in envs.values() for p in e['packages']}) + ['commit']
     return {k: {n: get(e, k) for n, e in envs.items()} for k in keys if len({get(e, k) for e in envs.values()}) > 1}

@@ -484,6 +484,7 @@ def pretrain(pairs: Pairs, out_dir, arch='RN50', pretrained='openai', image_size
     seed_everything(seed); clip, _ = load_clip(arch, pretrained)
     tower = ImageTower(clip.visual, image_size)
     ck = load_checkpoint(tower, out_dir/'checkpoint.pt')
+    if rank == 0: write_environment(out_dir, device, resumed=ck is not None)   # the software this part of the work runs on
     tower = tower.to(device)
     model = DistributedDataParallel(tower, device_ids=[device] if device.type == 'cuda' else None) if world > 1 else tower
     log = LossLog(loss_fn); trainer, state = Trainer(model, log, lr, device, amp), _resume_state(ck, world, rank)
@@ -504,7 +505,7 @@ def _finish_pretrain(tower, state, pairs, out_dir, arch, pretrained, rank):
         meta = dict(pretrained=str(pretrained), epochs=state['epoch'], steps=state['global_step'], pairs=str(pairs.out_dir), threshold=pairs.summary['threshold'])
         atomic_write(ckpt, lambda t: save_image_tower(tower, t, arch, **meta))
         atomic_write_csv(history, out_dir/'history.csv')
-        write_environment(out_dir, next(tower.parameters()).device)
+        write_environment(out_dir, next(tower.parameters()).device, resumed=True)   # written when the work began
         if len(history): plot_history(history, out_dir/'loss.png')
         import matplotlib.pyplot as plt; plt.close('all')
     barrier()

@@ -330,7 +330,7 @@ def _finish_final(model, ds, cfg, fdir, epoch, history):
     "Write the final model in the split checkpoints' format (`checkpoint`) and its history; drop the resume state."
     atomic_write_csv(pd.DataFrame(history), fdir/'history.csv')
     _save(checkpoint(model, cfg, ds, epoch), fdir/'model.pt')
-    write_environment(fdir, resolve_device(cfg.device))
+    write_environment(fdir, resolve_device(cfg.device), resumed=True)   # fit wrote it when the work began
     (fdir/'state.pt').unlink(missing_ok=True)
     return fdir/'model.pt'
 

@@ -367,8 +367,9 @@ def fit(base_model, data: IQAData, train_rows, cfg: TrainConfig, sdir, seed_key,
                       ddp_group=team.group if team else None)
     sel_loader = data.loader(part_rows, cfg.batch_size) if part else None
     state, saver = dict(epoch=0, history=[], best=None, best_epoch=None, best_score=-np.inf), StateSaver(sdir/'state.pt', cfg.save_share)
-    if (sdir/'state.pt').is_file():
+    if resumed := (sdir/'state.pt').is_file():
         state = torch.load(sdir/'state.pt', map_location='cpu', weights_only=False); trainer.load_state_dict(state.pop('trainer'))
+    if not team or team.leads: write_environment(sdir, device, resumed)   # the software this part of the work runs on (00_data)
     for epoch in tqdm(range(state['epoch'], cfg.epochs), desc=desc or f'split {seed_key}', initial=state['epoch'], total=cfg.epochs, leave=False):
         if _stop_early(state, cfg.patience): break
         seed, started = seed_everything(cfg.seed, seed_key, epoch), time.monotonic()
@@ -450,7 +451,7 @@ def _finish_split(model, data, test_rows, split, epoch, cfg, sdir, history):
     atomic_write_csv(pd.DataFrame(history), sdir/'history.csv')
     atomic_write_csv(preds, sdir/'predictions.csv')
     _save(checkpoint(model, cfg, data.ds, epoch), sdir/'model.pt')
-    write_environment(sdir, resolve_device(cfg.device))
+    write_environment(sdir, resolve_device(cfg.device), resumed=True)   # keeps what the split was begun with, if other
     atomic_write_csv(metrics, sdir/'metrics.csv')
     (sdir/'state.pt').unlink(missing_ok=True)
     return metrics, preds

@@ -243,8 +243,13 @@ def test_resume_skips_finished_splits_and_epochs(toy, tmp_path):
     calls['fail_at'] = steps_per_epoch * 2 + 1            # interrupt split 0 in its third epoch
     with pytest.raises(KeyboardInterrupt): cross_validate(cfg, toy, tmp_path, data=data, loss_fn=counting_loss)
     assert (tmp_path/'split0'/'state.pt').is_file() and not (tmp_path/'split0'/'metrics.csv').exists()
+    env = json.loads((tmp_path/'split0'/'environment.json').read_text()); env['packages']['torch'] = '0.0.1'
+    (tmp_path/'split0'/'environment.json').write_text(json.dumps(env))   # as if split 0 was begun before an upgrade
     calls.update(n=0, fail_at=None)
-    res = cross_validate(cfg, toy, tmp_path, data=data, loss_fn=counting_loss)
+    with pytest.warns(UserWarning, match=r"trained with different software .*'split0 \(begun with\)': '0\.0\.1'"):
+        res = cross_validate(cfg, toy, tmp_path, data=data, loss_fn=counting_loss)
+    assert json.loads((tmp_path/'split0'/'environment.json').read_text())['begun_with'][0]['packages']['torch'] == '0.0.1'
+    assert 'begun_with' not in json.loads((tmp_path/'split1'/'environment.json').read_text())   # begun and finished here
     assert calls['n'] == steps_per_epoch * 1 + steps_per_epoch * 3  # split 0: only its last epoch; split 1: all three
     assert len(pd.read_csv(tmp_path/'split0'/'history.csv')) == 3 and not (tmp_path/'split0'/'state.pt').exists()
     calls['n'] = 0
