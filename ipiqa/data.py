@@ -289,13 +289,12 @@ def write_environment(folder, device=None, resumed=False):
 def mixed_environments(folders, root=None):
     "Where the `environment.json` of `folders` (and what their resumed work was begun with) disagree on a package version or the commit: {what: {folder (its path under `root`, else its name): value}}; empty if they agree (folders without the file are left out)."
     name = lambda f: Path(f).relative_to(root).as_posix() if root else Path(f).name
-    envs = {}
+    soft = {}
     for f in (f for f in folders if (Path(f)/'environment.json').is_file()):
-        envs[name(f)] = e = json.loads((Path(f)/'environment.json').read_text())
-        for j, b in enumerate(e.get('begun_with', [])): envs[f"{name(f)} (begun with{f', {j + 1}' if j else ''})"] = b   # a resumed part
-    def get(e, k): return e['packages'].get(k) if k != 'commit' else e.get('commit')
-    keys = sorted({p for e in envs.values() for p in e['packages']}) + ['commit']
-    return {k: {n: get(e, k) for n, e in envs.items()} for k in keys if len({get(e, k) for e in envs.values()}) > 1}
+        e = json.loads((Path(f)/'environment.json').read_text()); soft[name(f)] = _software(e)
+        for j, b in enumerate(e.get('begun_with', [])): soft[f"{name(f)} (begun with{f', {j + 1}' if j else ''})"] = _software(b)   # a resumed part
+    keys = sorted({k for s in soft.values() for k in s} - {'commit'}) + ['commit']
+    return {k: {n: s.get(k) for n, s in soft.items()} for k in keys if len({s.get(k) for s in soft.values()}) > 1}
 
 def describe_environment(env):
     "One line for a results table's caption: the main versions, the device and the commit."

@@ -505,7 +505,6 @@ def _finish_pretrain(tower, state, pairs, out_dir, arch, pretrained, rank):
         meta = dict(pretrained=str(pretrained), epochs=state['epoch'], steps=state['global_step'], pairs=str(pairs.out_dir), threshold=pairs.summary['threshold'])
         atomic_write(ckpt, lambda t: save_image_tower(tower, t, arch, **meta))
         atomic_write_csv(history, out_dir/'history.csv')
-        write_environment(out_dir, next(tower.parameters()).device, resumed=True)   # written when the work began
         if len(history): plot_history(history, out_dir/'loss.png')
         import matplotlib.pyplot as plt; plt.close('all')
     barrier()

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .baselines import CLIPIQA_PROMPTS, clipiqa, clipscore
-from .data import AGIQASet, NativeImages, atomic_write, atomic_write_csv, check_run_config, write_environment
+from .data import AGIQASet, NativeImages, atomic_write, atomic_write_csv, check_run_config
 from .model import TOY_CLIP_TAGS, ImageTower, PromptEncoder, _NotRandom, clip_normalize, inference_model, load_clip, truncate_tokens
 from .training import (RESUME_KEYS, IQAData, Method, TrainConfig, Trained, _save, autocast, checkpoint, fit, get_method,
                             load_trained, predict, resolve_device, seed_everything)
@@ -330,7 +330,6 @@ def _finish_final(model, ds, cfg, fdir, epoch, history):
     "Write the final model in the split checkpoints' format (`checkpoint`) and its history; drop the resume state."
     atomic_write_csv(pd.DataFrame(history), fdir/'history.csv')
     _save(checkpoint(model, cfg, ds, epoch), fdir/'model.pt')
-    write_environment(fdir, resolve_device(cfg.device), resumed=True)   # fit wrote it when the work began
     (fdir/'state.pt').unlink(missing_ok=True)
     return fdir/'model.pt'
 

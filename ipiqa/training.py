@@ -451,7 +451,6 @@ def _finish_split(model, data, test_rows, split, epoch, cfg, sdir, history):
     atomic_write_csv(pd.DataFrame(history), sdir/'history.csv')
     atomic_write_csv(preds, sdir/'predictions.csv')
     _save(checkpoint(model, cfg, data.ds, epoch), sdir/'model.pt')
-    write_environment(sdir, resolve_device(cfg.device), resumed=True)   # keeps what the split was begun with, if other
     atomic_write_csv(metrics, sdir/'metrics.csv')
     (sdir/'state.pt').unlink(missing_ok=True)
     return metrics, preds
