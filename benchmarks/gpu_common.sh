@@ -17,7 +17,7 @@ mark_finished() {  # mark_finished RUN START: RUN/finished.txt as project_protoc
 
 score_run() {  # score_run RUN RES: `ipiqa score` of the whole toy set with RUN's models into RES/scores.csv; rows and wall time
   local start; start=$(date +%s.%N)
-  python3 -m ipiqa.scoring score --model "$1" data/toy3k-v1/images --prompts data/toy3k-v1/data.csv > "$2/scores.csv" 2> "$2/score.log"
+  python3 -m ipiqa.scoring score --model "$1" data/toy3k-v2/images --prompts data/toy3k-v2/data.csv > "$2/scores.csv" 2> "$2/score.log"
   local rc=$?; tail -n 2 "$2/score.log"
   echo "scorer exit $rc | $(($(wc -l < "$2/scores.csv") - 1)) rows | wall $(seconds_since "$start") s" | tee -a "$2/score.log"
 }

@@ -13,11 +13,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'COUNTS', 'SIZES', 'POSITIONS', 'BACKGROUNDS', 'STYLES', 'DEGRADATIONS', 'CLASHES',
-           'QUALITY_WORDS', 'CAPTIONS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOYWORLD_VERSION',
-           'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene', 'random_group', 'random_scene', 'draw_scene', 'degrade',
-           'damage_visibility', 'quality_clause', 'web_caption', 'style_shares', 'captioned_corpus', 'ToyGenerator',
-           'render_attempt', 'generator_attempt', 'toy_agiqa_plan', 'eta_squared', 'agiqa_statistics',
-           'alignment_oracles', 'make_toy_agiqa', 'plot_toy_prompt']
+           'QUALITY_WORDS', 'CAPTIONS', 'TOY_GENERATORS', 'ELEMENT_WEIGHTS', 'TOY_AGIQA_DEGRADATIONS',
+           'TOYWORLD_VERSION', 'REAL_AGIQA3K_STATISTICS', 'Group', 'Scene', 'random_group', 'random_scene',
+           'draw_scene', 'degrade', 'damage_visibility', 'quality_clause', 'web_caption', 'style_shares',
+           'captioned_corpus', 'ToyGenerator', 'render_attempt', 'generator_attempt', 'toy_agiqa_plan', 'eta_squared',
+           'agiqa_statistics', 'alignment_oracles', 'make_toy_agiqa', 'plot_toy_prompt']
 
 # %% ../nbs/00a_toyworld.ipynb #7ce57964
 COLORS = dict(red=(215, 35, 35), green=(40, 170, 50), blue=(40, 70, 225), yellow=(240, 215, 40),
@@ -227,7 +227,8 @@ TOY_GENERATORS = (ToyGenerator('toygan', 1, 0.05, 0.85), ToyGenerator('toyglide'
                   ToyGenerator('toydalle', 1, 0.75, 0.35), ToyGenerator('toysd', 4, 0.60, 0.45),
                   ToyGenerator('toymj', 2, 0.88, 0.12), ToyGenerator('toyxl', 1, 0.97, 0.20))
 ELEMENT_WEIGHTS = dict(group=2.0, color=2.0, shape=2.0, count=1.0, background=1.0, style=1.0)
-TOYWORLD_VERSION = 1  # bump when the drawing, the generators or the MOS model change: the default toy set's folder carries it
+TOY_AGIQA_DEGRADATIONS = ('blur', 'noise', 'contrast', 'pixelate')  # the damages the toy generators make: not JPEG, which hardly shows at 64 px (above)
+TOYWORLD_VERSION = 2  # bump when the drawing, the generators, the damages or the MOS model change: the default toy set's folder carries it (1: with JPEG)
 
 # %% ../nbs/00a_toyworld.ipynb #ff7d9d78
 def _other(rng, options, current, ok=lambda o: True):
@@ -261,7 +262,7 @@ def generator_attempt(g: ToyGenerator, prompt: Scene, rng, effort=0.10, weights=
     shown, frac = render_attempt(prompt, float(np.clip(g.fidelity + effort * e, 0.02, 1)), rng, weights)
     return shown, frac, float(np.clip(g.strength - 1.5 * effort * e + rng.normal(0, 0.13), 0, 1))
 
-def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10, halo=0.1, weights=None, degradations=DEGRADATIONS):
+def toy_agiqa_plan(n_prompts=300, generators=TOY_GENERATORS, seed=0, effort=0.10, halo=0.1, weights=None, degradations=TOY_AGIQA_DEGRADATIONS):
     "The rows of a toy AGIQA set before drawing: prompt scene, what each image shows, its degradation (one of `degradations`), both MOS (raters weigh the prompt's elements by `weights`; the images do not depend on them)."
     bad = [d for d in degradations if d not in DEGRADATIONS]
     if bad or not degradations: raise ValueError(f"degradations must be some of {DEGRADATIONS}, not {tuple(degradations)}")
@@ -314,7 +315,7 @@ def alignment_oracles(plan):
     return pd.DataFrame({k: {'all images': srcc(p, y), 'within a generator': within_group_srcc(p, y, gen)} for k, p in preds.items()}).T
 
 # %% ../nbs/00a_toyworld.ipynb #668b4fc9
-def make_toy_agiqa(out_dir, n_prompts=300, size=64, seed=0, generators=TOY_GENERATORS, degradations=DEGRADATIONS):
+def make_toy_agiqa(out_dir, n_prompts=300, size=64, seed=0, generators=TOY_GENERATORS, degradations=TOY_AGIQA_DEGRADATIONS):
     "Write a toy AGIQA set in the AGIQA-3k format (`data.csv`, `images/*.png`) to `out_dir`, its images damaged by `degradations`; return its path."
     from ipiqa.data import atomic_write_csv
     from tqdm.auto import tqdm

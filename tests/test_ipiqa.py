@@ -115,10 +115,10 @@ def toy3k():
 
 def test_clipscore_on_the_toy_clip_is_a_real_baseline(toy3k):
     """CLIPScore's alignment SRCC on the default toy set (3,000 images, 300 prompts) with the toy preset's CLIP
-    (`toy-photo`): 0.738 on split 0's test side of seed 0, 0.717 on the whole set (measured; `toy-web`, which saw
-    every style on its web: 0.836, 0.813; the exact-caption `toy` CLIP: 0.838, 0.83-0.85). A random-init CLIP gives
-    ~0. Asserted: > 0.65 on the whole set, and below `toy-web`'s by more than 0.05 (measured 0.096): the gap the
-    preset's CLIP is chosen for (nbs/01h_toyclip.ipynb)."""
+    (`toy-photo`): 0.729 / 0.721 on the two test sides of seed 0's splits, 0.718 on the whole set (measured on toy world
+    version 2, 2026-12-06; `toy-web`, which saw every style on its web: 0.825 / 0.806, 0.811; the exact-caption `toy`
+    CLIP: 0.854 / 0.845, 0.846). A random-init CLIP gives ~0. Asserted: > 0.65 on the whole set, and below `toy-web`'s
+    by more than 0.05 (measured 0.093): the gap the preset's CLIP is chosen for (nbs/01h_toyclip.ipynb)."""
     cfg = TrainConfig().resolved()
     assert cfg.pretrained == 'toy-photo'
     models = {tag: build_ipiqa(cfg.arch, tag, 2, 64, qa_token=False).eval() for tag in (cfg.pretrained, 'toy-web')}
@@ -289,27 +289,33 @@ def test_selection_is_labelled(toy, tmp_path):
 def test_prompt_model_learns_alignment_beyond_image_only(tmp_path):
     """On a toy set of 100 prompts (1,000 images; 1 split, the toy preset's 6 epochs on its `toy-photo` CLIP) alignment
     depends on what the image shows of its prompt, and partly on who made it (as in AGIQA-3k). Measured alignment SRCC
-    (quality in brackets), training seeds 0-4 (2026-11-28):
+    (quality in brackets), training seeds 0-4 (toy world version 2, 2026-12-06):
 
     | model | seed 0 | seed 1 | seed 2 | seed 3 | seed 4 |
     |---|---|---|---|---|---|
-    | image-only (Table 3 row 1) | 0.503 (0.512) | 0.595 (0.640) | 0.520 (0.579) | 0.548 (0.600) | 0.590 (0.572) |
-    | IP-IQA, fusion='paper' | 0.509 | 0.684 | 0.619 | 0.508 | 0.602 |
-    | IP-IQA, fusion='clip-residual' | 0.752 (0.676) | 0.771 (0.636) | 0.780 (0.672) | 0.816 (0.695) | 0.770 (0.647) |
-    | IP-IQA, fusion='clip-residual-align' | 0.780 (0.636) | 0.768 (0.709) | 0.770 (0.586) | 0.787 (0.623) | 0.777 (0.629) |
-    | zero-shot CLIPScore (toy-photo CLIP) | 0.708 | 0.703 | 0.679 | 0.730 | 0.706 |
-    | within a generator: image-only | 0.316 | 0.399 | 0.360 | 0.387 | 0.480 |
-    | within a generator: clip-residual | 0.457 | 0.483 | 0.593 | 0.609 | 0.570 |
+    | image-only (Table 3 row 1) | 0.571 (0.678) | 0.600 (0.661) | 0.609 (0.710) | 0.600 (0.732) | 0.678 (0.732) |
+    | IP-IQA, fusion='paper' | 0.597 (0.774) | 0.657 (0.712) | 0.702 (0.759) | 0.570 (0.712) | 0.638 (0.734) |
+    | IP-IQA, fusion='clip-residual' | 0.797 (0.755) | 0.802 (0.685) | 0.807 (0.722) | 0.819 (0.697) | 0.780 (0.721) |
+    | IP-IQA, fusion='clip-residual-align' | 0.806 (0.774) | 0.804 (0.723) | 0.813 (0.739) | 0.778 (0.737) | 0.778 (0.740) |
+    | zero-shot CLIPScore (toy-photo CLIP) | 0.724 | 0.726 | 0.729 | 0.771 | 0.718 |
+    | within a generator: image-only | 0.302 | 0.317 | 0.416 | 0.435 | 0.500 |
+    | within a generator: clip-residual | 0.475 | 0.482 | 0.605 | 0.580 | 0.485 |
+    | within a generator: clip-residual-align | 0.516 | 0.519 | 0.631 | 0.513 | 0.518 |
 
-    Asserted, with the smallest measured margin in brackets: clip-residual > image-only + 0.12 (0.176), > paper
-    fusion + 0.05 (0.087), > CLIPScore (+0.044); quality SRCC > 0.4 for image-only (0.512), > 0.55 for clip-residual
-    (0.636); clip-residual-align (measured 2026-11-28) > image-only + 0.12 (0.173), > CLIPScore (+0.057), quality
-    > 0.55 (0.586) -- on this small set it ranks quality inside a generator above clip-residual in four seeds of five
-    (0.327 / 0.428 / 0.282 / 0.344 / 0.447 against 0.279 / 0.230 / 0.326 / 0.215 / 0.302), too close to assert; inside one generator's test images (`within_generator_srcc`, 2026-11-28), clip-residual > image-only + 0.04
-    (0.084): its gain is not only knowing who made the image. The test runs seed 0. On 200 test images of 20 prompts the seeds spread widely. The paper's fusion is not
-    asserted above image-only: with 800 training images its margin is −0.04 to +0.10. (On the presets' earlier CLIP,
-    `toy-web`, which saw every style the toy generators draw, clip-residual ended 0.004 below to 0.019 above CLIPScore
-    over the same five seeds: a CLIP without a domain gap leaves a trained model little room above it.)"""
+    Asserted, with the smallest measured margin in brackets: clip-residual > image-only + 0.08 (0.102, seed 4; seed 0:
+    0.226), > paper fusion + 0.05 (0.105), > CLIPScore (+0.048); quality SRCC > 0.55 for image-only (0.661), > 0.6 for
+    clip-residual (0.685); clip-residual-align > image-only + 0.08 (0.100), > CLIPScore (+0.007, seed 3; seed 0: +0.082),
+    quality > 0.65 (0.723) -- with these 800 training images it ranks quality above clip-residual in all five seeds
+    over all images and inside a generator in four of five (0.433 / 0.380 / 0.367 / 0.439 / 0.477 against 0.389 / 0.297
+    / 0.375 / 0.204 / 0.423), too close inside a generator to assert; inside one generator's test images
+    (`within_generator_srcc`), clip-residual-align > image-only (+0.018, seed 4; seed 0: +0.214): its gain is not only
+    knowing who made the image. (clip-residual's within-generator margin is +0.145 to +0.189 in seeds 0-3 but -0.015 in
+    seed 4, so it is not asserted.) The test runs seed 0. On 200 test images of 20 prompts the seeds spread widely.
+    The paper's fusion is not asserted above image-only: with 800 training images its margin is -0.04 to +0.09. (On
+    version 1 of the toy world, whose generators also damaged images with JPEG, the same seeds gave clip-residual
+    0.752-0.816 against image-only 0.503-0.595; on the presets' earlier CLIP, `toy-web`, which saw every style the toy
+    generators draw, clip-residual ended 0.004 below to 0.019 above CLIPScore over the same five seeds on version 1: a
+    CLIP without a domain gap leaves a trained model little room above it.)"""
     ds = read_agiqa3k(make_toy_agiqa(tmp_path/'toy', n_prompts=100))
     srcc, within = {}, {}
     for name, kw in [('image_only', dict(use_prompt=False)), ('paper', {}), ('clip_residual', dict(fusion='clip-residual')),
@@ -324,9 +330,9 @@ def test_prompt_model_learns_alignment_beyond_image_only(tmp_path):
     data = IQAData(ds, 64, m.tokenize, 1)
     clipscore = similarity_srcc(m, data, te)
     a = {k: v['mos_align'] for k, v in srcc.items()}
-    assert a['clip_residual'] > a['image_only'] + 0.12 and a['clip_residual'] > a['paper'] + 0.05, (srcc, clipscore)
+    assert a['clip_residual'] > a['image_only'] + 0.08 and a['clip_residual'] > a['paper'] + 0.05, (srcc, clipscore)
     assert a['clip_residual'] > clipscore, (srcc, clipscore)
-    assert srcc['image_only']['mos_quality'] > 0.4 and srcc['clip_residual']['mos_quality'] > 0.55, srcc
-    assert a['clip_residual_align'] > a['image_only'] + 0.12 and a['clip_residual_align'] > clipscore, (srcc, clipscore)
-    assert srcc['clip_residual_align']['mos_quality'] > 0.55, srcc
-    assert within['clip_residual'] > within['image_only'] + 0.04, within
+    assert srcc['image_only']['mos_quality'] > 0.55 and srcc['clip_residual']['mos_quality'] > 0.6, srcc
+    assert a['clip_residual_align'] > a['image_only'] + 0.08 and a['clip_residual_align'] > clipscore, (srcc, clipscore)
+    assert srcc['clip_residual_align']['mos_quality'] > 0.65, srcc
+    assert within['clip_residual_align'] > within['image_only'], within
