@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .data import atomic_write, atomic_write_csv, atomic_write_json, check_run_config, require_columns, write_environment
-from .toyworld import DEGRADATIONS, TOY_GENERATORS, degrade, draw_scene, generator_attempt, random_scene
+from .toyworld import DEGRADATIONS, TOY_GENERATORS, degrade, draw_scene, generator_attempt, quality_clause, random_scene
 from .model import ImageTower, clip_normalize, encode_text, load_clip, save_image_tower, truncate_tokens
 from .training import Trainer, autocast, resolve_device, seed_everything
 
@@ -163,14 +163,19 @@ class PairImages(torch.utils.data.Dataset):
         return dict(i=i, images=img, error=err, **{k: v[i] for k, v in self.extra.items()})
 
 # %% ../nbs/01d_image2prompt.ipynb #d5a1c03d
-def _toy_pair(rng, mismatch, size, generator=None):
-    "One toy (prompt, image, matched) triple: a captioned scene, or with probability `mismatch` another scene's image; drawn plainly, or by toy `generator` (its attempt, its degradation)."
+def _toy_pair(rng, mismatch, size, generator=None, degraded=True, say_quality=False):
+    "One toy (prompt, image, matched) triple: a captioned scene, or with probability `mismatch` another scene's image; drawn plainly (half of them mildly damaged unless `degraded=False`), or by toy `generator` (its attempt, its degradation); `say_quality`: the caption ends with how the image looks."
     scene, matched = random_scene(rng), bool(rng.uniform() >= mismatch)
-    shown, _, strength = generator_attempt(generator, scene, rng) if generator else (scene, None, None)
-    img = draw_scene(shown if matched else random_scene(rng), size, rng)[0]
-    if generator: img = degrade(img, str(rng.choice(DEGRADATIONS)), strength, rng)
-    elif rng.random() < 0.5: img = degrade(img, str(rng.choice(DEGRADATIONS)), rng.uniform(0, 0.4), rng)
-    return scene.caption(), img, matched
+    shown, _, strength = generator_attempt(generator, scene, rng) if generator else (scene, None, 0.0)
+    img, kind = draw_scene(shown if matched else random_scene(rng), size, rng)[0], None
+    if generator: kind = str(rng.choice(DEGRADATIONS)); img = degrade(img, kind, strength, rng)
+    elif rng.random() < 0.5:
+        kind, strength = str(rng.choice(DEGRADATIONS)), rng.uniform(0, 0.4)
+        damaged = degrade(img, kind, strength, rng)   # drawn either way: the same random draws with or without damage
+        if degraded: img = damaged
+        else: kind, strength = None, 0.0
+    said = quality_clause(kind, strength) if say_quality else ''
+    return f"{scene.caption()}, {said}" if said else scene.caption(), img, matched
 
 def _png_bytes(img):
     b = io.BytesIO(); img.save(b, 'PNG'); return b.getvalue()
@@ -182,15 +187,15 @@ def _write_zip(path, files):
             for n, data in files.items(): zf.writestr(n, data)
     atomic_write(path, write)
 
-def make_toy_diffusiondb(out_dir, n_parts=4, per_part=500, size=64, mismatch=0.25, seed=0, generator=None):
-    "Write a toy DiffusionDB in the real layout (`images/part-*.zip` + `metadata.parquet`, written last); return `out_dir`. `generator`: the name of a toy generator that draws the images (e.g. 'toysd'); None: the plain renderer."
+def make_toy_diffusiondb(out_dir, n_parts=4, per_part=500, size=64, mismatch=0.25, seed=0, generator=None, degraded=True, say_quality=False):
+    "Write a toy DiffusionDB in the real layout (`images/part-*.zip` + `metadata.parquet`, written last); return `out_dir`. `generator`: the name of a toy generator that draws the images (e.g. 'toysd'); None: the plain renderer. `degraded=False`: no plain-rendered image is damaged; `say_quality`: every prompt ends with how its image looks (`quality_clause`); either way the same scenes and random draws."
     gens = {g.name: g for g in TOY_GENERATORS}
     if generator is not None and generator not in gens: raise ValueError(f"no toy generator {generator!r}; there are {sorted(gens)}")
     out_dir, rng, rows, gen = Path(out_dir), np.random.default_rng(seed), [], gens.get(generator)
     for k in range(1, n_parts + 1):
         files, recs = {}, {}
         for _ in range(per_part):
-            prompt, img, matched = _toy_pair(rng, mismatch, size, gen)
+            prompt, img, matched = _toy_pair(rng, mismatch, size, gen, degraded, say_quality)
             name = f"{uuid.UUID(bytes=rng.bytes(16), version=4)}.png"
             files[name], recs[name] = _png_bytes(img), dict(p=prompt, se=int(rng.integers(2**31)), st=50, c=7.0, sa='k_lms')
             rows.append(dict(image_name=name, prompt=prompt, part_id=k, seed=recs[name]['se'], step=50, cfg=7.0,
