@@ -137,6 +137,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ipiqa.data.atomic_write_json': ('data.html#atomic_write_json', 'ipiqa/data.py'),
                             'ipiqa.data.authors_splits': ('data.html#authors_splits', 'ipiqa/data.py'),
                             'ipiqa.data.check_run_config': ('data.html#check_run_config', 'ipiqa/data.py'),
+                            'ipiqa.data.cpu_description': ('data.html#cpu_description', 'ipiqa/data.py'),
                             'ipiqa.data.dataset_images': ('data.html#dataset_images', 'ipiqa/data.py'),
                             'ipiqa.data.describe_environment': ('data.html#describe_environment', 'ipiqa/data.py'),
                             'ipiqa.data.ensure_toy': ('data.html#ensure_toy', 'ipiqa/data.py'),

@@ -23,9 +23,10 @@ __all__ = ['AGIQA3K_COLUMNS', 'AGIQA1K_FILE', 'AIGCIQA2023_GENERATORS', 'AIGCIQA
            'require_numeric', 'require_images', 'finish_set', 'read_agiqa3k', 'generator_of', 'image_generators',
            'agiqa1k_group', 'read_agiqa1k', 'aigciqa2023_layout', 'read_aigciqa2023', 'write_toy_aigciqa2023',
            'atomic_write', 'atomic_write_csv', 'atomic_write_json', 'has_work', 'check_run_config', 'project_root',
-           'at_root', 'run_folder', 'ipiqa_commit', 'run_environment', 'write_environment', 'mixed_environments',
-           'describe_environment', 'made_with', 'ensure_toy', 'load_dataset', 'group_splits', 'split_indices',
-           'authors_splits', 'load_images', 'dataset_images', 'image_sizes', 'NativeImages', 'native_images']
+           'at_root', 'run_folder', 'ipiqa_commit', 'cpu_description', 'run_environment', 'write_environment',
+           'mixed_environments', 'describe_environment', 'made_with', 'ensure_toy', 'load_dataset', 'group_splits',
+           'split_indices', 'authors_splits', 'load_images', 'dataset_images', 'image_sizes', 'NativeImages',
+           'native_images']
 
 # %% ../nbs/00_data.ipynb #10a0e1a6
 @dataclass
@@ -266,14 +267,20 @@ def ipiqa_commit():
     return git('rev-parse', 'HEAD') or None, bool(git('status', '--porcelain', '--untracked-files=no'))
 
 # %% ../nbs/00_data.ipynb #d894ac86
+def cpu_description():
+    "The processor's model name (Linux's `/proc/cpuinfo`, else `platform.processor()`) and the vector instructions torch's CPU kernels use (`torch.backends.cpu.get_cpu_capability()`, e.g. 'AVX512'), which move a toy run's fourth decimal."
+    try: name = next(l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name'))
+    except (OSError, StopIteration): name = platform.processor() or 'unknown processor'
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
 def run_environment(device=None):
-    "What a result was produced with besides its configuration: `ENVIRONMENT_PACKAGES`' versions, ipiqa's commit, Python, the machine, torch's threads, `device` (a torch device or its name) and the time (UTC)."
+    "What a result was produced with besides its configuration: `ENVIRONMENT_PACKAGES`' versions, ipiqa's commit, Python, the machine and its processor (`cpu_description`), torch's threads, `device` (a torch device or its name) and the time (UTC)."
     commit, dirty = ipiqa_commit()
     dev = torch.device(device or 'cpu')
     return dict(packages={p: _version(p) for p in ENVIRONMENT_PACKAGES}, commit=commit, uncommitted_changes=dirty,
                 python=platform.python_version(), machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-                torch_threads=torch.get_num_threads(), device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else str(dev),
-                utc=datetime.now(timezone.utc).isoformat(timespec='seconds'))
+                cpu=cpu_description(), torch_threads=torch.get_num_threads(),
+                device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else str(dev), utc=datetime.now(timezone.utc).isoformat(timespec='seconds'))
 
 def _software(env): return dict(env['packages'], commit=env.get('commit'))
 
@@ -300,8 +307,9 @@ def describe_environment(env):
     "One line for a results table's caption: the main versions, the device and the commit."
     p = env['packages']
     commit = (env['commit'] or 'an installed copy')[:10] + (' with uncommitted changes' if env.get('uncommitted_changes') else '')
+    device = f"{env['device']} ({env['cpu']})" if env['device'] == 'cpu' and env.get('cpu') else env['device']   # files before 2026-12-06 have no 'cpu'
     return (f"torch {p.get('torch')}, open_clip {p.get('open_clip_torch')}, numpy {p.get('numpy')}, Python {env['python']}; "
-            f"{env['device']}, {env['torch_threads']} threads; ipiqa {commit}; {env['utc']}")
+            f"{device}, {env['torch_threads']} threads; ipiqa {commit}; {env['utc']}")
 
 def made_with(folder):
     "One line on what produced the results under `folder`: `describe_environment` of its first `environment.json`, and what its parts disagree on (`mixed_environments`); None if it holds none."
