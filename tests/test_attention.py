@@ -23,7 +23,10 @@ also damaged images with JPEG, the same seeds gave all words 1.79-2.06×, colour
 the other object. The presets' earlier CLIP, `toy-web`, gave on version 1 all words 1.72-2.02×, colour words
 1.93-2.72× and 0.066-0.080 above the other object; at 64 px, the preset's size and a 2×2 grid, two seeds of three
 showed nothing on it, hence 128 px. The exact-caption CLIP, `toy`, gave all words 1.44-1.75× and colour words
-1.51-2.15×.)
+1.51-2.15×. On version 2, 2026-12-06, the same seeds give on `toy-web` all words 1.66-1.98×, colour words 1.85-2.58×
+and 0.055-0.075 above the other object, and on `toy` all words 1.54-1.60×, colour words 1.44-2.16× and −0.006 to
++0.082 above the other object: on the exact-caption CLIP, seed 2's colour words land on the other object as much
+as on their own.)
 
 Asserted on seed 0: all words' mean mass > 1.5× the mean area share (measured 1.70-1.88×); colour words' > 1.6×
 (measured 1.97-2.21×) and above their mass on the other object by more than 0.02 (measured 0.032-0.052). The file
