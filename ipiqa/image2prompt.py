@@ -166,14 +166,14 @@ class PairImages(torch.utils.data.Dataset):
 def _toy_pair(rng, mismatch, size, generator=None, degraded=True, say_quality=False):
     "One toy (prompt, image, matched) triple: a captioned scene, or with probability `mismatch` another scene's image; drawn plainly (half of them mildly damaged unless `degraded=False`), or by toy `generator` (its attempt, its degradation); `say_quality`: the caption ends with how the image looks."
     scene, matched = random_scene(rng), bool(rng.uniform() >= mismatch)
-    shown, _, strength = generator_attempt(generator, scene, rng) if generator else (scene, None, 0.0)
+    shown, _, strength = generator_attempt(generator, scene, rng) if generator else (scene, None, None)
     img, kind = draw_scene(shown if matched else random_scene(rng), size, rng)[0], None
     if generator: kind = str(rng.choice(DEGRADATIONS)); img = degrade(img, kind, strength, rng)
     elif rng.random() < 0.5:
         kind, strength = str(rng.choice(DEGRADATIONS)), rng.uniform(0, 0.4)
         damaged = degrade(img, kind, strength, rng)   # drawn either way: the same random draws with or without damage
         if degraded: img = damaged
-        else: kind, strength = None, 0.0
+        else: kind = None   # undamaged: quality_clause says 'good photo' whatever the strength
     said = quality_clause(kind, strength) if say_quality else ''
     return f"{scene.caption()}, {said}" if said else scene.caption(), img, matched
 
